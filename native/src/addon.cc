@@ -1,0 +1,24 @@
+// Entry point of the ajuste native addon. Each kernel family lives in its own file and registers
+// its functions here; the JS side (src/kernels/native/index.ts) overlays whatever is exported on
+// the js kernels, under the same names and signatures as src/kernels/backend.ts.
+#include <napi.h>
+#include "threads.h"
+
+void RegisterGemm(Napi::Env env, Napi::Object exports);       // gemm.cc
+void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
+
+static Napi::Value Info(const Napi::CallbackInfo& info) {
+  Napi::Object o = Napi::Object::New(info.Env());
+  o.Set("version", 1);
+  o.Set("threads", ajuste::ThreadPool::get().size());
+  return o;
+}
+
+static Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  exports.Set("info", Napi::Function::New(env, Info));
+  RegisterGemm(env, exports);
+  RegisterAttention(env, exports);
+  return exports;
+}
+
+NODE_API_MODULE(ajuste_native, Init)

@@ -1,0 +1,2 @@
+#include <napi.h>
+void RegisterAttention(Napi::Env, Napi::Object) {}
