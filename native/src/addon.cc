@@ -6,6 +6,7 @@
 
 void RegisterGemm(Napi::Env env, Napi::Object exports);       // gemm.cc
 void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
+void RegisterMmap(Napi::Env env, Napi::Object exports);       // mmap.cc
 
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -18,6 +19,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   RegisterGemm(env, exports);
   RegisterAttention(env, exports);
+  RegisterMmap(env, exports);
   return exports;
 }
 

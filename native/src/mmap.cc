@@ -1,0 +1,2 @@
+#include <napi.h>
+void RegisterMmap(Napi::Env, Napi::Object) {}
