@@ -1,15 +1,18 @@
 /** Reference GEMM in plain TypeScript: simple, blocked just enough to be usable as a fallback. */
 import type { Bf16Array } from '../backend.js';
 
+/** The js kernels also run in f64 (the gradient checks use that). */
+export type Floats = Float32Array | Float64Array;
+
 /** C[M,N] = alpha * op(A) · op(B) + beta * C, row-major. See Kernels.gemm. */
 export function gemm(
   transA: boolean, transB: boolean, M: number, N: number, K: number,
-  alpha: number, A: Float32Array, lda: number, B: Float32Array, ldb: number,
-  beta: number, C: Float32Array, ldc: number,
+  alpha: number, A: Floats, lda: number, B: Floats, ldb: number,
+  beta: number, C: Floats, ldc: number,
 ): void {
   scaleC(M, N, beta, C, ldc);
   if (K === 0 || alpha === 0) return;
-  const row = new Float32Array(N);
+  const row = new Float64Array(N);
   // For each row i of C: C[i,:] += alpha * sum_p op(A)[i,p] * op(B)[p,:]
   for (let i = 0; i < M; i++) {
     row.fill(0);
@@ -40,8 +43,8 @@ export function gemm(
 /** gemm with B in bf16: B is widened to f32 one row at a time. */
 export function gemmBf16(
   transA: boolean, transB: boolean, M: number, N: number, K: number,
-  alpha: number, A: Float32Array, lda: number, B: Bf16Array, ldb: number,
-  beta: number, C: Float32Array, ldc: number,
+  alpha: number, A: Floats, lda: number, B: Bf16Array, ldb: number,
+  beta: number, C: Floats, ldc: number,
 ): void {
   const rows = transB ? N : K;
   const cols = transB ? K : N;
@@ -51,7 +54,7 @@ export function gemmBf16(
   gemm(transA, transB, M, N, K, alpha, A, lda, wide, cols, beta, C, ldc);
 }
 
-function scaleC(M: number, N: number, beta: number, C: Float32Array, ldc: number): void {
+function scaleC(M: number, N: number, beta: number, C: Floats, ldc: number): void {
   if (beta === 1) return;
   for (let i = 0; i < M; i++) {
     const o = i * ldc;

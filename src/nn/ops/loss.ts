@@ -1,0 +1,128 @@
+/**
+ * Cross-entropy with ignore_index -100, and the fused lm_head + cross-entropy that never holds the
+ * whole [tokens x vocab] logits: tokens are processed in chunks, and each chunk's gradients are formed
+ * during the forward (the loss is the end of the graph, so its upstream gradient is a single number).
+ */
+import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
+import { type FloatArray, floatLike, releaseFloat, Tensor } from '../../tensor/tensor.js';
+import { gemmBf16For, gemmFor } from '../../tensor/ops.js';
+
+export const IGNORE_INDEX = -100;
+
+export interface LossOptions {
+  /** 'mean' over non-ignored tokens (default), or 'sum' (divide later, e.g. across accumulation). */
+  reduction?: 'mean' | 'sum';
+}
+
+/** Number of labels that are not IGNORE_INDEX. */
+export function countTargets(labels: Int32Array): number {
+  let n = 0;
+  for (let i = 0; i < labels.length; i++) if (labels[i] !== IGNORE_INDEX) n++;
+  return n;
+}
+
+/** Softmax cross-entropy of rows of `logits` against `labels`; writes d(loss_sum)/d(logits) into grad if given. */
+function ceRows(logits: FloatArray, labels: Int32Array, rows: number, V: number, grad: FloatArray | null, labelOffset = 0): number {
+  let total = 0;
+  for (let r = 0; r < rows; r++) {
+    const y = labels[labelOffset + r]!;
+    const o = r * V;
+    if (y === IGNORE_INDEX) {
+      if (grad) grad.fill(0, o, o + V);
+      continue;
+    }
+    if (y < 0 || y >= V) throw new Error(`cross-entropy: label ${y} at position ${labelOffset + r} is outside the vocabulary (size ${V})`);
+    let m = -Infinity;
+    for (let j = 0; j < V; j++) m = Math.max(m, logits[o + j]!);
+    let s = 0;
+    for (let j = 0; j < V; j++) s += Math.exp(logits[o + j]! - m);
+    const lse = m + Math.log(s);
+    total += lse - logits[o + y]!;
+    if (grad) {
+      for (let j = 0; j < V; j++) grad[o + j] = Math.exp(logits[o + j]! - lse);
+      grad[o + y]! -= 1;
+    }
+  }
+  return total;
+}
+
+/** Cross-entropy of logits [N, V] against labels [N] (ignore_index -100). Returns a scalar. */
+export function crossEntropy(logits: Tensor, labels: Int32Array, opts: LossOptions = {}): Tensor {
+  const V = logits.dim(-1);
+  const N = logits.size / V;
+  if (labels.length !== N) throw new Error(`crossEntropy: ${labels.length} labels for ${N} rows of logits`);
+  const count = countTargets(labels);
+  const div = opts.reduction === 'sum' ? 1 : Math.max(count, 1);
+  const track = needsGrad(logits);
+  const grad = track ? floatLike(logits.f, logits.size, false) : null;
+  const total = ceRows(logits.f, labels, N, V, grad);
+  const out = Tensor.empty([], logits.dtype === 'f64' ? 'f64' : 'f32');
+  out.f[0] = total / div;
+  if (track && grad) {
+    record('crossEntropy', [logits], out, (g) => {
+      const k = g[0]! / div;
+      for (let i = 0; i < grad.length; i++) grad[i]! *= k;
+      addGradOwned(logits, grad);
+    });
+  }
+  return out;
+}
+
+/**
+ * loss = CE(h · W^T, labels) without materialising all logits: h [N, H], W [V, H] (f32/f64, or bf16
+ * frozen). Processes `chunkTokens` rows at a time (default: about 2M logits, 8 MB, per chunk).
+ */
+export function linearCrossEntropy(
+  h: Tensor, W: Tensor, labels: Int32Array, opts: LossOptions & { chunkTokens?: number } = {},
+): Tensor {
+  const [V, Hd] = [W.dim(0), W.dim(1)];
+  const N = h.size / Hd;
+  if (labels.length !== N) throw new Error(`linearCrossEntropy: ${labels.length} labels for ${N} rows`);
+  const count = countTargets(labels);
+  const div = opts.reduction === 'sum' ? 1 : Math.max(count, 1);
+  const chunk = Math.max(1, Math.min(N, opts.chunkTokens ?? (Math.floor((2 * 1024 * 1024) / V) || 1)));
+  const wantH = needsGrad(h), wantW = needsGrad(W);
+  const H = h.f;
+  const gh = wantH ? floatLike(H, h.size) : null;
+  const gw = wantW ? floatLike(H, W.size) : null;
+  const logits = floatLike(H, chunk * V, false);
+  const gemm = gemmFor(H);
+  const gemmB = gemmBf16For(H);
+  const bf = W.dtype === 'bf16';
+  let total = 0;
+  for (let r0 = 0; r0 < N; r0 += chunk) {
+    const rows = Math.min(chunk, N - r0);
+    // Skip chunks where every label is ignored.
+    let any = false;
+    for (let r = 0; r < rows; r++) if (labels[r0 + r] !== IGNORE_INDEX) any = true;
+    if (!any) continue;
+    const hc = H.subarray(r0 * Hd, (r0 + rows) * Hd);
+    const lc = logits.subarray(0, rows * V);
+    if (bf) gemmB(false, true, rows, V, Hd, 1, hc, Hd, W.data as Uint16Array, Hd, 0, lc, V);
+    else gemm(false, true, rows, V, Hd, 1, hc, Hd, W.f, Hd, 0, lc, V);
+    total += ceRows(lc, labels, rows, V, gh || gw ? lc : null, r0);
+    if (gh) {
+      const ghc = gh.subarray(r0 * Hd, (r0 + rows) * Hd);
+      if (bf) gemmB(false, false, rows, Hd, V, 1, lc, V, W.data as Uint16Array, Hd, 0, ghc, Hd);
+      else gemm(false, false, rows, Hd, V, 1, lc, V, W.f, Hd, 0, ghc, Hd);
+    }
+    if (gw) gemm(true, false, V, Hd, rows, 1, lc, V, hc, Hd, 1, gw, Hd);
+  }
+  releaseFloat(logits);
+  const out = Tensor.empty([], h.dtype === 'f64' ? 'f64' : 'f32');
+  out.f[0] = total / div;
+  if (wantH || wantW) {
+    record('linearCrossEntropy', [h, W], out, (g) => {
+      const k = g[0]! / div;
+      if (gh) {
+        for (let i = 0; i < gh.length; i++) gh[i]! *= k;
+        addGradOwned(h, gh);
+      }
+      if (gw) {
+        for (let i = 0; i < gw.length; i++) gw[i]! *= k;
+        addGradOwned(W, gw);
+      }
+    });
+  }
+  return out;
+}

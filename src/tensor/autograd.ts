@@ -1,0 +1,181 @@
+/**
+ * Reverse-mode autograd on a tape, and memory scopes.
+ *
+ * An op that has an input with requiresGrad (and grad mode on) records one TapeNode whose backward
+ * sits next to its forward (see ops/). `backward(loss)` walks the tape in reverse; right after a node's
+ * backward has run, the activations it saved and its output's gradient are freed, so peak memory is
+ * set by the forward, not by forward + backward. Only parameters (leaves with requiresGrad) get `.grad`.
+ */
+import { floatLike, hooks, releaseFloat, type FloatArray, type TapeNode, Tensor, viewRecorder } from './tensor.js';
+
+let gradEnabled = true;
+let tape: TapeNode[] = [];
+const scopes: Set<Tensor>[] = [];
+
+hooks.onCreate = (t) => {
+  const s = scopes[scopes.length - 1];
+  if (s) s.add(t);
+};
+
+export function isGradEnabled(): boolean {
+  return gradEnabled;
+}
+
+/** Runs fn with gradient recording off (inference, evaluation, optimizer updates). */
+export function noGrad<T>(fn: () => T): T {
+  const prev = gradEnabled;
+  gradEnabled = false;
+  try {
+    return fn();
+  } finally {
+    gradEnabled = prev;
+  }
+}
+
+/**
+ * Runs fn and frees every tensor created inside it, except those reachable from its return value
+ * (a Tensor, or an array/object of Tensors, one level deep) and persistent tensors.
+ */
+export function scope<T>(fn: () => T): T {
+  const created = new Set<Tensor>();
+  scopes.push(created);
+  let result: T;
+  try {
+    result = fn();
+  } finally {
+    scopes.pop();
+  }
+  const keep = new Set<Tensor>();
+  collectTensors(result, keep);
+  const parent = scopes[scopes.length - 1];
+  for (const t of created) {
+    if (keep.has(t) || t.persistent) {
+      parent?.add(t);
+      continue;
+    }
+    if (t.node && tape.includes(t.node)) {
+      // Still needed by a pending backward: hand it to the enclosing scope.
+      parent?.add(t);
+      continue;
+    }
+    t.dispose();
+  }
+  return result;
+}
+
+function collectTensors(v: unknown, into: Set<Tensor>): void {
+  if (v instanceof Tensor) {
+    into.add(v);
+    return;
+  }
+  const items = Array.isArray(v) ? v : v && typeof v === 'object' ? Object.values(v) : [];
+  for (const x of items) if (x instanceof Tensor) into.add(x);
+}
+
+/** Should an op with these inputs record a tape node? */
+export function needsGrad(...inputs: (Tensor | null | undefined)[]): boolean {
+  if (!gradEnabled) return false;
+  for (const t of inputs) if (t?.requiresGrad) return true;
+  return false;
+}
+
+/** Records an op on the tape; marks the output as requiring grad. */
+export function record(
+  op: string,
+  inputs: (Tensor | null | undefined)[],
+  output: Tensor,
+  backward: (gradOut: FloatArray) => void,
+  release?: () => void,
+): void {
+  const ins = inputs.filter((t): t is Tensor => t != null);
+  output.requiresGrad = true;
+  const node: TapeNode = { op, inputs: ins, output, backward, release };
+  output.node = node;
+  tape.push(node);
+}
+
+/** Adds `g` (same length as t) into t's gradient: .grad for parameters, a temporary buffer otherwise. */
+export function addGrad(t: Tensor, g: FloatArray): void {
+  if (!t.requiresGrad) return;
+  if (!t.node) {
+    // A leaf: a parameter.
+    if (!t.grad) {
+      t.grad = Tensor.zeros(t.shape, t.dtype === 'f64' ? 'f64' : 'f32').keep();
+      t.grad.name = t.name ? t.name + '.grad' : '';
+    }
+    const acc = t.grad.f;
+    for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
+    return;
+  }
+  if (!t.gradBuf) {
+    t.gradBuf = floatLike(g, g.length, false);
+    t.gradBuf.set(g);
+  } else {
+    const acc = t.gradBuf;
+    for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
+  }
+}
+
+/** Like addGrad, but hands over ownership of a buffer from floatLike (no copy when possible). */
+export function addGradOwned(t: Tensor, g: FloatArray): void {
+  if (t.requiresGrad && t.node && !t.gradBuf) {
+    t.gradBuf = g;
+    return;
+  }
+  addGrad(t, g);
+  releaseFloat(g);
+}
+
+/**
+ * Back-propagates from a scalar loss (or from `gradOut` for a non-scalar output) through the tape,
+ * accumulating into the `.grad` of every parameter that contributed, then clears the tape.
+ */
+export function backward(loss: Tensor, gradOut?: FloatArray): void {
+  if (!loss.node) throw new Error(`backward: ${loss.describe()} does not depend on any parameter with requiresGrad`);
+  if (!gradOut && loss.size !== 1) throw new Error(`backward: ${loss.describe()} is not a scalar; pass gradOut`);
+  const seed = gradOut ?? floatLike(loss.f, 1);
+  if (!gradOut) seed[0] = 1;
+  addGrad(loss, seed);
+  const end = tape.indexOf(loss.node);
+  for (let i = end; i >= 0; i--) {
+    const node = tape[i]!;
+    const g = node.output.gradBuf;
+    if (g) {
+      node.backward(g);
+      node.output.gradBuf = null;
+      releaseFloat(g);
+    }
+    node.release?.();
+    node.output.node = null;
+  }
+  tape = tape.slice(end + 1);
+}
+
+/** Drops the tape without back-propagating (e.g. after an evaluation forward with grad on). */
+export function clearTape(): void {
+  for (const n of tape) {
+    n.release?.();
+    n.output.node = null;
+  }
+  tape = [];
+}
+
+export function tapeLength(): number {
+  return tape.length;
+}
+
+/** A trainable parameter: persistent, requiresGrad, named. */
+export function parameter(t: Tensor, name = ''): Tensor {
+  t.requiresGrad = true;
+  t.persistent = true;
+  t.name = name;
+  return t;
+}
+
+viewRecorder.record = (input, out, op, map) => {
+  if (!needsGrad(input)) return;
+  record(op, [input], out, (g) => {
+    const mapped = map(g);
+    addGrad(input, mapped);
+  });
+};

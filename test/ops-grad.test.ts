@@ -1,0 +1,84 @@
+import { describe, it } from 'vitest';
+import { geluErf, geluTanh, silu, softmax, swiglu } from '../src/nn/ops/activations.js';
+import { crossEntropy, linearCrossEntropy } from '../src/nn/ops/loss.js';
+import { layerNorm, rmsNorm } from '../src/nn/ops/norm.js';
+import { rope, ropeTables } from '../src/nn/ops/rope.js';
+import { add, embedding, linear, matmul, mean, mul, permute, scale, sub, sum } from '../src/tensor/ops.js';
+import { Rng } from '../src/tensor/rng.js';
+import { Tensor } from '../src/tensor/tensor.js';
+import { gradCheck, randTensor } from './helpers.js';
+
+const rng = new Rng(7);
+const r = (...shape: number[]) => randTensor(rng, shape);
+
+describe('finite-difference gradients (f64, js kernels)', () => {
+  it('add / sub / mul with broadcasting, scale, sum, mean', () => {
+    gradCheck(([a, b]) => add(a!, b!), [r(2, 3, 4), r(3, 1)]);
+    gradCheck(([a, b]) => sub(a!, b!), [r(4), r(2, 3, 4)]);
+    gradCheck(([a, b]) => mul(a!, b!), [r(2, 1, 4), r(3, 4)]);
+    gradCheck(([a]) => scale(a!, -1.7), [r(5)]);
+    gradCheck(([a]) => sum(a!), [r(3, 2)]);
+    gradCheck(([a]) => mean(a!), [r(3, 2)]);
+  });
+  it('matmul in every transpose combination, batched and with a shared right operand', () => {
+    for (const transA of [false, true])
+      for (const transB of [false, true]) {
+        const a = transA ? r(2, 5, 3) : r(2, 3, 5);
+        const b = transB ? r(2, 4, 5) : r(2, 5, 4);
+        gradCheck(([x, y]) => matmul(x!, y!, { transA, transB }), [a, b]);
+        const shared = transB ? r(4, 5) : r(5, 4);
+        gradCheck(([x, y]) => matmul(x!, y!, { transA, transB }), [a, shared]);
+      }
+  });
+  it('permute', () => {
+    gradCheck(([a]) => permute(a!, [2, 0, 1]), [r(2, 3, 4)]);
+  });
+  it('linear with bias', () => {
+    gradCheck(([x, w, b]) => linear(x!, w!, b!), [r(2, 3, 5), r(4, 5), r(4)]);
+  });
+  it('embedding (scatter-add backward with repeated ids)', () => {
+    const ids = Int32Array.from([1, 3, 1, 0, 3, 3]);
+    gradCheck(([w]) => embedding(ids, w!, [2, 3]), [r(5, 4)]);
+  });
+  it('RMSNorm and LayerNorm', () => {
+    gradCheck(([x, w]) => rmsNorm(x!, w!, 1e-6), [r(3, 7), r(7)]);
+    gradCheck(([x, w, b]) => layerNorm(x!, w!, b!, 1e-5), [r(3, 7), r(7), r(7)]);
+  });
+  it('SiLU, GELU (tanh and erf), SwiGLU, softmax', () => {
+    gradCheck(([x]) => silu(x!), [r(11)]);
+    gradCheck(([x]) => geluTanh(x!), [r(11)]);
+    gradCheck(([x]) => geluErf(x!), [r(11)]);
+    gradCheck(([g, u]) => swiglu(g!, u!), [r(2, 6), r(2, 6)]);
+    gradCheck(([x]) => softmax(x!), [r(3, 5)]);
+  });
+  it('RoPE, full and partial rotary, with restarting positions', () => {
+    const inv = Float64Array.from([1, 0.1, 0.01]);
+    const tables = ropeTables(inv, 16);
+    const pos = Int32Array.from([0, 1, 2, 0, 1, 5]);
+    gradCheck(([x]) => rope(x!, pos, tables), [r(2, 3, 2, 6)]);
+    gradCheck(([x]) => rope(x!, pos, tables), [r(2, 3, 2, 8)]); // rotary dim 6 of 8
+  });
+  it('cross-entropy with ignored positions, mean and sum', () => {
+    const labels = Int32Array.from([2, -100, 0, 4, -100]);
+    gradCheck(([x]) => crossEntropy(x!, labels), [r(5, 6)]);
+    gradCheck(([x]) => crossEntropy(x!, labels, { reduction: 'sum' }), [r(5, 6)]);
+  });
+  it('chunked linear cross-entropy equals cross-entropy of the full logits, with gradients', () => {
+    const labels = Int32Array.from([2, -100, 0, 4, -100, -100, 1]);
+    gradCheck(([h, w]) => linearCrossEntropy(h!, w!, labels, { chunkTokens: 2 }), [r(7, 3), r(6, 3)]);
+    gradCheck(([h, w]) => crossEntropy(matmul(h!, w!, { transB: true }), labels), [r(7, 3), r(6, 3)]);
+  });
+});
+
+describe('views', () => {
+  it('reshape and narrow0 pass gradients through', () => {
+    gradCheck(([x]) => mul(x!.reshape([3, 4]), x!.reshape([3, 4])), [r(12)]);
+    gradCheck(([x]) => scale(x!.narrow0(1, 2), 2), [r(4, 3)]);
+  });
+  it('narrow0 shares storage', () => {
+    const t = Tensor.from([1, 2, 3, 4, 5, 6], [3, 2]);
+    const v = t.narrow0(1, 1);
+    v.data[0] = 9;
+    if (t.data[2] !== 9) throw new Error('narrow0 copied');
+  });
+});
