@@ -137,7 +137,13 @@ export function backward(loss: Tensor, gradOut?: FloatArray): void {
   if (!gradOut) seed[0] = 1;
   addGrad(loss, seed);
   const end = tape.indexOf(loss.node);
-  for (let i = end; i >= 0; i--) {
+  runBackward(end, 0);
+  tape = tape.slice(end + 1);
+}
+
+/** Runs the backward of tape nodes end..start (inclusive), in reverse order. */
+function runBackward(end: number, start: number): void {
+  for (let i = end; i >= start; i--) {
     const node = tape[i]!;
     const g = node.output.gradBuf;
     if (g) {
@@ -148,7 +154,39 @@ export function backward(loss: Tensor, gradOut?: FloatArray): void {
     node.release?.();
     node.output.node = null;
   }
-  tape = tape.slice(end + 1);
+}
+
+/**
+ * Gradient checkpointing: runs fn(x) without recording its internals; in backward, runs it again with
+ * recording on and back-propagates through that recomputation. Saves the activations inside fn at the
+ * cost of a second forward. `beforeRecompute` restores anything random (dropout RNG state).
+ */
+export function checkpoint(x: Tensor, fn: (x: Tensor) => Tensor, beforeRecompute?: () => void): Tensor {
+  if (!gradEnabled) return fn(x);
+  const out = noGrad(() => fn(x));
+  record('checkpoint', [x, ...[]], out, (g) => {
+    beforeRecompute?.();
+    const start = tape.length;
+    const xIn = new Tensor(x.data, x.shape, x.dtype);
+    xIn.requiresGrad = x.requiresGrad;
+    const y = scope(() => {
+      const y = fn(xIn);
+      if (!y.node) return y;
+      addGrad(y, g);
+      runBackward(tape.indexOf(y.node), start);
+      tape.length = start;
+      return y;
+    });
+    y.dispose();
+    if (xIn.grad) {
+      addGrad(x, xIn.grad.f);
+      xIn.grad.dispose();
+    }
+  });
+  // Parameters inside fn receive gradients through the recomputation, so the node must run even when
+  // x itself needs no gradient.
+  out.requiresGrad = true;
+  return out;
 }
 
 /** Drops the tape without back-propagating (e.g. after an evaluation forward with grad on). */

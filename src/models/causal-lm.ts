@@ -1,0 +1,88 @@
+/**
+ * What every causal LM in ajuste offers: the hidden states of a batch, logits, the next-token loss
+ * (labels shifted inside, as transformers does), and incremental decoding with a KV cache.
+ */
+import { Module } from '../nn/module.js';
+import { IGNORE_INDEX, linearCrossEntropy } from '../nn/ops/loss.js';
+import { linear } from '../tensor/ops.js';
+import type { Tensor } from '../tensor/tensor.js';
+import type { ModelConfig } from './config.js';
+
+/** One batch of token rows, B rows of T tokens, flattened row-major. */
+export interface Batch {
+  inputIds: Int32Array;
+  /** Position of each token in its sequence (restarts at 0 for each packed sequence). */
+  positionIds: Int32Array;
+  /** [B*T] sequence id of each token in a packed row, or null (one sequence per row). */
+  segIds: Int32Array | null;
+  B: number;
+  T: number;
+}
+
+export interface ForwardOptions {
+  gradientCheckpointing?: boolean;
+}
+
+/** Keys and values of past tokens, per layer, for incremental decoding (batch 1). */
+export interface KvCache {
+  /** [layer] -> keys [len, Hkv, D] (after RoPE), grown as tokens arrive. */
+  keys: Float32Array[];
+  values: Float32Array[];
+  length: number;
+  capacity: number;
+}
+
+export abstract class CausalLM extends Module {
+  constructor(readonly config: ModelConfig) {
+    super();
+  }
+
+  /** Final hidden states [B, T, hidden] (after the final norm). */
+  abstract forwardHidden(batch: Batch, opts?: ForwardOptions): Tensor;
+
+  /** The output projection weight [vocab, hidden] (the embedding when tied). */
+  abstract lmHeadWeight(): Tensor;
+
+  /** Hidden states of new tokens given a cache (inference only; appends to the cache). */
+  abstract forwardCached(ids: Int32Array, cache: KvCache): Tensor;
+
+  newCache(capacity: number): KvCache {
+    const c = this.config;
+    const size = capacity * c.kvHeads * c.headDim;
+    return {
+      keys: Array.from({ length: c.layers }, () => new Float32Array(size)),
+      values: Array.from({ length: c.layers }, () => new Float32Array(size)),
+      length: 0,
+      capacity,
+    };
+  }
+
+  logits(hidden: Tensor): Tensor {
+    return linear(hidden, this.lmHeadWeight());
+  }
+
+  /**
+   * Mean (or summed) cross-entropy of each token predicting the next one. `labels` are aligned with
+   * the inputs (as in transformers); the shift happens here, and a token never predicts across a
+   * packed-sequence boundary or a row end.
+   */
+  loss(hidden: Tensor, labels: Int32Array, batch: Batch, reduction: 'mean' | 'sum' = 'mean'): Tensor {
+    const shifted = shiftLabels(labels, batch);
+    const h = hidden.reshape([batch.B * batch.T, this.config.hidden]);
+    return linearCrossEntropy(h, this.lmHeadWeight(), shifted, { reduction });
+  }
+}
+
+/** target[t] = labels[t+1] within the same row and sequence, else IGNORE_INDEX. */
+export function shiftLabels(labels: Int32Array, batch: Batch): Int32Array {
+  const { B, T, segIds } = batch;
+  const out = new Int32Array(B * T).fill(IGNORE_INDEX);
+  for (let b = 0; b < B; b++) {
+    for (let t = 0; t + 1 < T; t++) {
+      const i = b * T + t;
+      if (segIds && segIds[i] !== segIds[i + 1]) continue;
+      out[i] = labels[i + 1]!;
+    }
+  }
+  return out;
+}

@@ -1,0 +1,91 @@
+/**
+ * Module: a named tree of parameters, as in PyTorch. Parameter names are the Hugging Face state-dict
+ * names (model.layers.0.self_attn.q_proj.weight), so loading, saving and PEFT wrapping address modules
+ * by the same paths users know.
+ */
+import type { Tensor } from '../tensor/tensor.js';
+
+export abstract class Module {
+  /** Direct parameters of this module (null = absent, e.g. no bias). */
+  protected params: Record<string, Tensor | null> = {};
+  /** Child modules by attribute name (numeric names for lists). */
+  protected children: Record<string, Module> = {};
+
+  protected addModule<M extends Module>(name: string, m: M): M {
+    this.children[name] = m;
+    return m;
+  }
+
+  /** All parameters with their dotted paths. */
+  namedParameters(prefix = ''): [string, Tensor][] {
+    const out: [string, Tensor][] = [];
+    for (const [n, p] of Object.entries(this.params)) if (p) out.push([prefix + n, p]);
+    for (const [n, c] of Object.entries(this.children)) out.push(...c.namedParameters(`${prefix}${n}.`));
+    return out;
+  }
+
+  /** All modules (this one first, with path '') with their dotted paths. */
+  namedModules(prefix = ''): [string, Module][] {
+    const out: [string, Module][] = [[prefix.replace(/\.$/, ''), this]];
+    for (const [n, c] of Object.entries(this.children)) out.push(...c.namedModules(`${prefix}${n}.`));
+    return out;
+  }
+
+  /** Replaces the module at a dotted path (used by PEFT to wrap Linears). */
+  replaceModule(path: string, m: Module): void {
+    const parts = path.split('.');
+    let parent: Module = this;
+    for (const p of parts.slice(0, -1)) {
+      const next = parent.children[p];
+      if (!next) throw new Error(`no module at '${path}'`);
+      parent = next;
+    }
+    const last = parts[parts.length - 1]!;
+    if (!parent.children[last]) throw new Error(`no module at '${path}'`);
+    parent.children[last] = m;
+    parent.onChildReplaced(last, m);
+  }
+
+  getModule(path: string): Module {
+    let m: Module = this;
+    for (const p of path.split('.')) {
+      const next = m.children[p];
+      if (!next) throw new Error(`no module at '${path}'`);
+      m = next;
+    }
+    return m;
+  }
+
+  /** Subclasses that cache child references update them here. */
+  protected onChildReplaced(_name: string, _m: Module): void {}
+
+  /** A child module by name (looked up at call time, so PEFT replacements take effect). */
+  protected child<M = Module>(name: string): M {
+    const c = this.children[name];
+    if (!c) throw new Error(`module has no child '${name}'`);
+    return c as unknown as M;
+  }
+
+  parameters(): Tensor[] {
+    return this.namedParameters().map(([, p]) => p);
+  }
+}
+
+/** An indexed list of modules (paths 0, 1, 2, ...). */
+export class ModuleList<M extends Module = Module> extends Module {
+  constructor(items: M[]) {
+    super();
+    items.forEach((m, i) => this.addModule(String(i), m));
+  }
+  at(i: number): M {
+    return this.child<M>(String(i));
+  }
+}
+
+/** Named child modules with no forward of their own (e.g. GPT-2's `attn` holding c_attn and c_proj). */
+export class ModuleDict extends Module {
+  constructor(items: Record<string, Module>) {
+    super();
+    for (const [n, m] of Object.entries(items)) this.addModule(n, m);
+  }
+}
