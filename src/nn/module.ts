@@ -75,7 +75,7 @@ export abstract class Module {
 export class ModuleList<M extends Module = Module> extends Module {
   constructor(items: M[]) {
     super();
-    items.forEach((m, i) => this.addModule(String(i), m));
+    for (const [i, m] of items.entries()) this.addModule(String(i), m);
   }
   at(i: number): M {
     return this.child<M>(String(i));

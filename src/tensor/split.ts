@@ -34,8 +34,12 @@ export function concatLast(xs: Tensor[]): Tensor {
   const D = sizes.reduce((a, b) => a + b, 0);
   const out = Tensor.empty([...xs[0]!.shape.slice(0, -1), D], xs[0]!.dtype);
   const Y = out.f;
+  const offs: number[] = [];
   let off = 0;
-  const offs = sizes.map((n) => ((off += n), off - n));
+  for (const n of sizes) {
+    offs.push(off);
+    off += n;
+  }
   xs.forEach((x, i) => {
     const n = sizes[i]!, o = offs[i]!, X = x.f;
     for (let r = 0; r < rows; r++) Y.set(X.subarray(r * n, (r + 1) * n), r * D + o);
