@@ -10,6 +10,14 @@ export abstract class Module {
   protected params: Record<string, Tensor | null> = {};
   /** Child modules by attribute name (numeric names for lists). */
   protected children: Record<string, Module> = {};
+  /** Training mode (dropout on) or evaluation mode. */
+  training = false;
+
+  /** Sets training mode on this module and every descendant. */
+  train(mode = true): this {
+    for (const [, m] of this.namedModules()) m.training = mode;
+    return this;
+  }
 
   protected addModule<M extends Module>(name: string, m: M): M {
     this.children[name] = m;
