@@ -1,1 +1,26 @@
-export {};
+/**
+ * ajuste's public API. Everything not exported here is internal and may move.
+ */
+export { UserError } from './errors.js';
+// tensors and autograd
+export { Tensor, type DType } from './tensor/tensor.js';
+export { backward, noGrad, scope, parameter, checkpoint } from './tensor/autograd.js';
+export { memoryStats } from './tensor/memory.js';
+export { Rng } from './tensor/rng.js';
+export * as ops from './tensor/ops.js';
+export { kernels, setKernels, jsKernels } from './kernels/index.js';
+// models
+export { parseModelConfig, type ModelConfig } from './models/config.js';
+export { buildModel, randomWeights, type RawTensor } from './models/build.js';
+export { CausalLM, type Batch } from './models/causal-lm.js';
+// PEFT
+export { loraConfig, LORA_DEFAULTS, type LoraConfig } from './peft/config.js';
+export { applyLora, LoraLinear, selectTargets, setMerged } from './peft/lora.js';
+export { loadAdapter, saveAdapter } from './peft/adapter-io.js';
+export { saveMergedModel, mergedStateDict } from './peft/merge.js';
+// optimisation and training
+export { AdamW, Sgd, clipGradNorm } from './optim/adamw.js';
+export { learningRate } from './optim/schedule.js';
+export { runTrainer, evaluate, type TrainerOptions, type TrainResult } from './train/trainer.js';
+// generation
+export { generate, type GenerateOptions } from './eval/generate.js';

@@ -6,6 +6,7 @@
  * q_proj.lora_magnitude_vector), so state-dict keys are PEFT's.
  */
 import { UserError } from '../errors.js';
+import { bf16ToF32 } from '../io/dtypes.js';
 import { Linear, type LinearLike } from '../nn/layers.js';
 import { Module } from '../nn/module.js';
 import type { CausalLM } from '../models/causal-lm.js';
@@ -66,6 +67,25 @@ export class LoraLinear extends Module implements LinearLike {
   get inFeatures(): number {
     return this.base.inFeatures;
   }
+
+  private original: Tensor | null = null;
+
+  /** Folds the update into the base weight (f32); forward then runs the plain base layer. */
+  merge(): void {
+    if (this.merged) return;
+    this.original = this.base.weight;
+    const w = Tensor.from(this.mergedWeight(), [...this.original.shape], 'f32').keep();
+    this.base.setWeight(w);
+    this.merged = true;
+  }
+
+  /** Restores the exact original base weight. */
+  unmerge(): void {
+    if (!this.merged || !this.original) return;
+    this.base.setWeight(this.original);
+    this.original = null;
+    this.merged = false;
+  }
   get outFeatures(): number {
     return this.base.outFeatures;
   }
@@ -86,7 +106,7 @@ export class LoraLinear extends Module implements LinearLike {
 
   /** The effective weight W + s·B·A (DoRA: rescaled rows), in f32. */
   mergedWeight(): Float32Array {
-    const W = this.base.weight;
+    const W = this.original ?? this.base.weight;
     const [outF, inF] = [W.dim(0), W.dim(1)];
     const out = new Float32Array(outF * inF);
     const src = W.dtype === 'bf16' ? bf16ToF32(W.data as Uint16Array) : W.f;
@@ -105,13 +125,6 @@ export class LoraLinear extends Module implements LinearLike {
     }
     return out;
   }
-}
-
-function bf16ToF32(h: Uint16Array): Float32Array {
-  const out = new Float32Array(h.length);
-  const u = new Uint32Array(out.buffer);
-  for (let i = 0; i < h.length; i++) u[i] = h[i]! << 16;
-  return out;
 }
 
 /** The pattern key of rank_pattern/alpha_pattern that applies to a module path (PEFT's get_pattern_key). */
@@ -212,9 +225,7 @@ export function peftKey(name: string): string {
   return `base_model.model.${name.replace('.base_layer.bias', '.bias')}`;
 }
 
-/** Folds every LoraLinear into its base weight (f32), or restores the original weights (unmerge). */
-export function mergeLora(model: CausalLM): Map<string, Float32Array> {
-  const merged = new Map<string, Float32Array>();
-  for (const [path, m] of model.namedModules()) if (m instanceof LoraLinear) merged.set(`${path}.weight`, m.mergedWeight());
-  return merged;
+/** Merges (or unmerges) every LoraLinear of the model in place. */
+export function setMerged(model: CausalLM, merged: boolean): void {
+  for (const [, m] of model.namedModules()) if (m instanceof LoraLinear) merged ? m.merge() : m.unmerge();
 }

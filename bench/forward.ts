@@ -1,0 +1,51 @@
+/**
+ * npm run bench -- forward [--shape smollm2|tiny] [--iters N]
+ * Forward tokens/s (batch 4 x 256, no grad, logits through the chunked lm_head + loss) and greedy generation
+ * tokens/s with the KV cache, for ajuste and (when python3-torch is installed) PyTorch in the same run.
+ */
+import { generate } from '../src/eval/generate.js';
+import { buildModel, randomWeights } from '../src/models/build.js';
+import { parseModelConfig } from '../src/models/config.js';
+import { noGrad, scope } from '../src/tensor/autograd.js';
+import { Rng } from '../src/tensor/rng.js';
+import { kernels } from '../src/kernels/index.js';
+import { SHAPES } from './shapes.js';
+import { runTorch } from './torch.js';
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : dflt;
+}
+
+export default async function main(): Promise<void> {
+  const shape = arg('shape', 'smollm2');
+  const iters = Number(arg('iters', '3'));
+  const config = parseModelConfig(SHAPES[shape]!);
+  const model = buildModel(config, randomWeights(config, 0));
+  const [B, T] = [4, 256];
+  const rng = new Rng(1);
+  const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
+  const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
+  const labels = ids;
+  const run = () => noGrad(() => scope(() => model.loss(model.forwardHidden(batch), labels, batch).item()));
+  run();
+  const times: number[] = [];
+  for (let i = 0; i < iters; i++) {
+    const t = performance.now();
+    run();
+    times.push((performance.now() - t) / 1000);
+  }
+  times.sort((a, b) => a - b);
+  const fwd = (B * T) / times[Math.floor(times.length / 2)]!;
+  const prompt = Array.from({ length: 32 }, () => rng.int(config.vocabSize));
+  const t0 = performance.now();
+  generate(model, prompt, { maxNewTokens: 64 });
+  const gen = 64 / ((performance.now() - t0) / 1000);
+  console.log(`ajuste forward bench, shape ${shape}, batch ${B}x${T}, kernels: ${kernels().name}`);
+  const torchF = runTorch(['forward', '--shape', shape]);
+  const torchG = runTorch(['generate', '--shape', shape]);
+  const row = (what: string, ours: number, theirs: number | undefined) =>
+    console.log(`${what.padEnd(22)} ajuste ${ours.toFixed(1).padStart(9)} tok/s   torch ${theirs ? theirs.toFixed(1).padStart(9) : '      n/a'} tok/s   ratio ${theirs ? (ours / theirs).toFixed(2) : 'n/a'}`);
+  row('forward (4x256)', fwd, torchF?.tokens_per_second as number | undefined);
+  row('generate (greedy, KV)', gen, torchG?.tokens_per_second as number | undefined);
+}
