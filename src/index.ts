@@ -24,3 +24,14 @@ export { learningRate } from './optim/schedule.js';
 export { runTrainer, evaluate, type TrainerOptions, type TrainResult } from './train/trainer.js';
 // generation
 export { generate, type GenerateOptions } from './eval/generate.js';
+// data
+export { Tokenizer } from './data/tokenizer.js';
+export { trainBpeTokenizer } from './data/bpe-trainer.js';
+export { readRecords } from './data/records.js';
+export { tokenizeExample, tokenizeDataset, tokenizePreference } from './data/dataset.js';
+export { packSequences, collateRows, BatchLoader, batches } from './data/packing.js';
+export { loadBrownText } from './data/brown.js';
+// io and evaluation
+export { readSafetensors, writeSafetensors, readSafetensorsFolder } from './io/safetensors.js';
+export { loadModelFolder } from './models/load.js';
+export { evaluateFile } from './eval/perplexity.js';

@@ -16,7 +16,8 @@ import { UserError } from '../errors.js';
 import type { ConversationalPromptCompletionRecord, DataRecord, MessagesRecord, PreferenceRecord } from './records.js';
 import type { ChatMessage, ChatTemplateOptions, Tokenizer } from './tokenizer.js';
 
-export const IGNORE_INDEX = -100;
+export { IGNORE_INDEX } from '../nn/ops/loss.js';
+import { IGNORE_INDEX } from '../nn/ops/loss.js';
 
 export interface TokenizeOptions {
   /** Keep the first maxLength tokens (TRL truncation_mode="keep_start"); default 1024 as TRL; null = no limit. */

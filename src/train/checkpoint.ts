@@ -10,7 +10,7 @@ import { UserError } from '../errors.js';
 import { writeFileAtomic } from '../io/atomic.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import type { Optimizer } from '../optim/adamw.js';
-import type { BatchPosition } from './batches.js';
+import type { LoaderPosition } from '../data/packing.js';
 
 export interface CheckpointIO {
   /** Writes the trainable state into dir (adapter files or model weights). */
@@ -25,7 +25,7 @@ export interface CheckpointIO {
 export interface SaveArgs {
   optimizer: Optimizer;
   io: CheckpointIO;
-  dataPosition: BatchPosition;
+  dataPosition: LoaderPosition;
   logHistory: Record<string, number>[];
   saveTotalLimit: number | null;
 }
@@ -67,7 +67,7 @@ export function latestCheckpoint(outputDir: string): string | null {
 
 export interface LoadedState {
   globalStep: number;
-  dataPosition: BatchPosition;
+  dataPosition: LoaderPosition;
   logHistory: Record<string, number>[];
 }
 

@@ -14,7 +14,9 @@ import type { CausalLM } from '../models/causal-lm.js';
 import { clipGradNorm, type Optimizer } from '../optim/adamw.js';
 import { learningRate, type ScheduleType } from '../optim/schedule.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { BatchStream, TrainBatch } from './batches.js';
+import type { BatchLoader, DataBatch } from '../data/packing.js';
+import { countTargets } from '../nn/ops/loss.js';
+import { shiftLabels } from '../models/causal-lm.js';
 import { type CheckpointIO, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { MetricsLog } from './metrics.js';
 
@@ -22,9 +24,9 @@ export interface TrainerOptions {
   model: CausalLM;
   trainable: [string, Tensor][];
   optimizer: Optimizer;
-  train: BatchStream;
+  train: BatchLoader;
   /** Evaluation batches (re-created for each evaluation). */
-  evalBatches?: () => Iterable<TrainBatch>;
+  evalBatches?: () => Iterable<DataBatch>;
   outputDir: string;
   maxSteps: number;
   learningRate: number;
@@ -56,8 +58,13 @@ export interface TrainResult {
 
 export class NonFiniteLossError extends Error {}
 
+/** Tokens whose next-token prediction a batch scores (the denominator of the mean loss). */
+export function scoredTokens(b: DataBatch): number {
+  return countTargets(shiftLabels(b.labels, b));
+}
+
 /** Mean loss and perplexity over evaluation batches. */
-export function evaluate(model: CausalLM, batches: Iterable<TrainBatch>): { loss: number; perplexity: number; tokens: number } {
+export function evaluate(model: CausalLM, batches: Iterable<DataBatch>): { loss: number; perplexity: number; tokens: number } {
   let total = 0, tokens = 0;
   const was = model.training;
   model.train(false);
@@ -65,7 +72,7 @@ export function evaluate(model: CausalLM, batches: Iterable<TrainBatch>): { loss
     for (const b of batches) {
       scope(() => {
         total += model.loss(model.forwardHidden(b), b.labels, b, 'sum').item();
-        tokens += b.targets;
+        tokens += scoredTokens(b);
       });
     }
   });
@@ -99,9 +106,9 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
     }
     const lr = learningRate(o.scheduler, o.learningRate, step, o.maxSteps, o.warmupSteps);
     o.optimizer.lr = lr;
-    const micro: TrainBatch[] = [];
+    const micro: DataBatch[] = [];
     for (let i = 0; i < o.gradientAccumulationSteps; i++) micro.push(o.train.next());
-    const targets = micro.reduce((s, b) => s + b.targets, 0);
+    const targets = micro.reduce((s, b) => s + scoredTokens(b), 0);
     let stepLoss = 0;
     for (const b of micro) {
       stepLoss += scope(() => {
@@ -139,7 +146,7 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
         grad_norm: gradNorm,
         tokens_per_second: windowTokens / Math.max(secs, 1e-9),
         peak_rss_mb: peakRssMb(),
-        epoch: o.train.position.epoch + o.train.position.index / o.train.batchesPerEpoch,
+        epoch: o.train.position.epoch + o.train.position.offset / o.train.batchesPerEpoch,
       });
       windowLoss = 0;
       windowSteps = 0;
