@@ -9,6 +9,7 @@ import {
   readSafetensors,
   readSafetensorsFolder,
   readSafetensorsHeader,
+  readSafetensorsInRangesForTest,
   type TensorToWrite,
   writeSafetensors,
 } from '../src/io/safetensors.js';
@@ -215,6 +216,9 @@ describe('memory mapping (native addon)', () => {
     expect(Buffer.from(ab).equals(readFileSync(GOLDEN))).toBe(true);
     expect(() => mmapFile(join(tmp, 'missing'))).toThrow(/cannot open .*missing: No such file or directory/);
     expect(() => mmapFile(tmp)).toThrow(/is not a regular file/);
+    const ranged = (addon!.mmapFile as (p: string, o: number, l: number) => ArrayBuffer)(GOLDEN, 5000, 100);
+    expect(Buffer.from(ranged).equals(readFileSync(GOLDEN).subarray(5000, 5100))).toBe(true);
+    expect(() => (addon!.mmapFile as (p: string, o: number, l: number) => ArrayBuffer)(GOLDEN, 8000, 1000)).toThrow(/past the end/);
   });
   it('maps a 100 MB file without reading it, values right once touched', () => {
     const n = 100_000_000;
@@ -241,6 +245,50 @@ describe('memory mapping (native addon)', () => {
     expect(s).toBe(42);
     const touched = process.memoryUsage().rss;
     expect((touched - before) / 2 ** 20).toBeGreaterThan(60); // the measurement itself works
+  });
+});
+
+describe('files bigger than one ArrayBuffer (read in ranges)', () => {
+  it('gives the same tensors when read in small ranges, mapped or copied', () => {
+    const whole = readSafetensors(GOLDEN, { copy: true });
+    for (const copy of [false, true]) {
+      const f = readSafetensorsInRangesForTest(GOLDEN, { copy, maxSegment: 4000 });
+      expect(f.mapped).toBe(!copy);
+      expect([...f.tensors.keys()]).toEqual([...whole.tensors.keys()]);
+      for (const [k, t] of whole.tensors) {
+        expect(f.tensors.get(k)!.shape).toEqual(t.shape);
+        expect([...f.tensors.get(k)!.data]).toEqual([...t.data]);
+      }
+      expect(new Set([...f.tensors.values()].map((x) => x.data.buffer)).size).toBeGreaterThan(1);
+    }
+    expect(() => readSafetensorsInRangesForTest(GOLDEN, { maxSegment: 1000 })).toThrow(/tensor "conv.src" is 3680 bytes, more than one ArrayBuffer can hold \(1000\)/);
+  });
+  it('maps a sparse 5 GB file (over Node 20\'s 4 GiB buffer limit)', () => {
+    const n = 5 * 2 ** 30;
+    const p = tmpFile();
+    const header = Buffer.from(JSON.stringify({
+        a: { dtype: 'U8', shape: [3 * 2 ** 30], data_offsets: [0, 3 * 2 ** 30] },
+        c: { dtype: 'U8', shape: [2 * 2 ** 30 - 8], data_offsets: [3 * 2 ** 30, n - 8] },
+        b: { dtype: 'F32', shape: [2], data_offsets: [n - 8, n] },
+      }).padEnd(256, ' '));
+    const len = Buffer.alloc(8);
+    len.writeBigUInt64LE(BigInt(header.length));
+    const fd = openSync(p, 'w');
+    writeSync(fd, Buffer.concat([len, header]));
+    ftruncateSync(fd, 8 + header.length + n);
+    writeSync(fd, Buffer.from(Float32Array.from([1.5, -2]).buffer), 0, 8, 8 + header.length + n - 8);
+    closeSync(fd);
+    try {
+      const f = readSafetensors(p);
+      expect(f.mapped).toBe(true);
+      expect([...(f.tensors.get('b')!.data as Float32Array)]).toEqual([1.5, -2]);
+      expect(f.tensors.get('a')!.data.length).toBe(3 * 2 ** 30);
+      expect(f.tensors.get('c')!.data.length).toBe(2 * 2 ** 30 - 8);
+      expect(f.tensors.get('c')!.data[5]).toBe(0);
+      expect(f.tensors.get('a')!.data.buffer).not.toBe(f.tensors.get('b')!.data.buffer);
+    } finally {
+      rmSync(p);
+    }
   });
 });
 

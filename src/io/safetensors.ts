@@ -11,6 +11,8 @@
  * while it is mapped gives SIGBUS on the next read). Pass `{copy: true}` for writable arrays (the file is
  * read into private memory). Without the addon the file is read into memory (writable) either way.
  * A tensor whose offset is not aligned for its element size is copied (only that tensor).
+ * Files over 4 GiB (Node 20's largest buffer) are mapped or read in ranges of at most 4 GiB; one
+ * tensor must fit in one range.
  *
  * Writing is byte-identical to the Rust/Python serializer: compact JSON header with `__metadata__` first,
  * tensors in data order (dtype enum order descending, then name ascending by UTF-8 bytes), contiguous
@@ -19,6 +21,7 @@
  * writer keeps the caller's insertion order.)
  */
 import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, readSync, statSync } from 'node:fs';
+import { constants as bufferConstants } from 'node:buffer';
 import { basename, join } from 'node:path';
 import { UserError } from '../errors.js';
 import { loadAddon } from '../kernels/native/index.js';
@@ -258,7 +261,7 @@ function readPrivate(path: string): Uint8Array {
   }
 }
 
-type MmapFn = (path: string) => ArrayBuffer;
+type MmapFn = (path: string, offset?: number, length?: number) => ArrayBuffer;
 
 function mmapFn(): MmapFn | null {
   const addon = loadAddon();
@@ -266,11 +269,24 @@ function mmapFn(): MmapFn | null {
 }
 
 /**
+ * Largest single buffer used for one file (or one range of it): 2^32 bytes, the limit of Node 20 for
+ * external buffers and typed arrays. Bigger files (e.g. 5 GB shards) are mapped or read in ranges.
+ */
+export const MAX_SEGMENT = Math.min(2 ** 32, bufferConstants.MAX_LENGTH);
+
+/**
  * Reads a safetensors file. Memory-maps it when the native addon is available and `copy` is not set
  * (views are then READ-ONLY; see the file comment), otherwise reads it into writable memory.
  */
 export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {}): SafetensorsFile {
   const mmap = opts.copy ? null : mmapFn();
+  let size: number;
+  try {
+    size = statSync(path).size;
+  } catch {
+    size = 0; // openFile below reports it
+  }
+  if (size > MAX_SEGMENT) return readLarge(path, mmap);
   let bytes: Uint8Array | undefined;
   if (mmap) {
     try {
@@ -284,6 +300,72 @@ export function readSafetensors(path: string, opts: ReadSafetensorsOptions = {})
   const h = parseSafetensorsHeader(bytes, path);
   return { path, tensors: tensorsOf(bytes, h), metadata: h.metadata, mapped, headerLength: h.headerLength };
 }
+
+/** A file over MAX_SEGMENT bytes: header first, then the tensors in ranges of at most MAX_SEGMENT bytes. */
+function readLarge(path: string, mmap: MmapFn | null, maxSegment = MAX_SEGMENT): SafetensorsFile {
+  const h = readSafetensorsHeader(path);
+  const dataStart = 8 + h.headerLength;
+  const sorted = [...h.entries].sort((a, b) => a[1].offsets[0] - b[1].offsets[0]);
+  // group consecutive tensors into segments starting at a multiple of 8 in the file
+  const segments: { start: number; end: number; names: string[] }[] = [];
+  for (const [name, e] of sorted) {
+    const begin = dataStart + e.offsets[0];
+    const end = dataStart + e.offsets[1];
+    const last = segments[segments.length - 1];
+    if (last && end - last.start <= maxSegment) {
+      last.end = end;
+      last.names.push(name);
+      continue;
+    }
+    const start = begin - (begin % 8);
+    if (end - start > maxSegment) {
+      throw new UserError(`${path}: tensor "${name}" is ${e.offsets[1] - e.offsets[0]} bytes, more than one ArrayBuffer can hold (${maxSegment})`, 'split the tensor or use a runtime with larger buffers');
+    }
+    segments.push({ start, end, names: [name] });
+  }
+  let mapped = mmap !== null;
+  const tensors = new Map<string, SafetensorsTensor>();
+  const fd = openFile(path);
+  try {
+    for (const seg of segments) {
+      let buf: ArrayBuffer | undefined;
+      if (mapped && mmap) {
+        try {
+          buf = mmap(path, seg.start, seg.end - seg.start);
+        } catch {
+          mapped = false;
+        }
+      }
+      if (!buf) {
+        buf = new ArrayBuffer(seg.end - seg.start);
+        readFully(fd, new Uint8Array(buf), seg.start, seg.end - seg.start);
+      }
+      for (const name of seg.names) {
+        const e = h.entries.get(name)!;
+        const info = DTYPES[e.dtype];
+        const off = dataStart + e.offsets[0] - seg.start;
+        const numel = (e.offsets[1] - e.offsets[0]) / info.size;
+        let data: TypedArray;
+        if (off % info.size === 0) data = new info.array(buf, off, numel);
+        else {
+          data = new info.array(numel);
+          new Uint8Array(data.buffer).set(new Uint8Array(buf, off, numel * info.size));
+        }
+        tensors.set(name, { dtype: e.dtype, shape: e.shape, data });
+      }
+    }
+  } finally {
+    closeSync(fd);
+  }
+  // header order, as for small files
+  const ordered = new Map<string, SafetensorsTensor>();
+  for (const name of h.entries.keys()) ordered.set(name, tensors.get(name)!);
+  return { path, tensors: ordered, metadata: h.metadata, mapped, headerLength: h.headerLength };
+}
+
+/** For tests: the ranged reader with a small segment limit. */
+export const readSafetensorsInRangesForTest = (path: string, opts: ReadSafetensorsOptions & { maxSegment: number }): SafetensorsFile =>
+  readLarge(path, opts.copy ? null : mmapFn(), opts.maxSegment);
 
 // ---------------------------------------------------------------------------------------------------------
 // Writing
