@@ -58,12 +58,15 @@ const repos: Record<string, Record<string, Record<string, FakeFile>>> = {
   },
   'org/gated': { [commitOf('gated')]: { 'config.json': { content: Buffer.from('{}'), lfs: false }, 'model.safetensors': { content: safetensorsBytes(16, 2), lfs: true } } },
   'org/pickled': { [commitOf('pickled')]: { 'config.json': { content: Buffer.from('{}'), lfs: false }, 'pytorch_model.bin': { content: Buffer.from('x'), lfs: true } } },
+  // served like a mirror whose file list has no blob ids: the downloader must HEAD for the ETag
+  'org/mirror': { [commitOf('mirror')]: { 'config.json': { content: Buffer.from('{"m":1}'), lfs: false }, 'model.safetensors': { content: safetensorsBytes(32, 3), lfs: true } } },
 };
 const refs: Record<string, Record<string, string>> = {
   'org/tiny': { main: MAIN, v1: V1 },
   'org/sharded': { main: SHARDED },
   'org/gated': { main: commitOf('gated') },
   'org/pickled': { main: commitOf('pickled') },
+  'org/mirror': { main: commitOf('mirror') },
 };
 const GATED_TOKEN = 'hf_letmein';
 
@@ -97,6 +100,7 @@ function handle(req: IncomingMessage, res: ServerResponse): boolean {
   const files = repos[repo]![commit]!;
   if (api) {
     if (url.searchParams.get('blobs') !== 'true') return send(400, 'expected ?blobs=true');
+    if (repo === 'org/mirror') return send(200, JSON.stringify({ sha: commit, siblings: Object.keys(files).map((rfilename) => ({ rfilename })) }));
     const siblings = Object.entries(files).map(([rfilename, f]) => ({
       rfilename,
       blobId: gitSha1(f.content),
@@ -109,7 +113,12 @@ function handle(req: IncomingMessage, res: ServerResponse): boolean {
   const f = files[name];
   if (!f) return send(404, 'no file', { 'x-error-code': 'EntryNotFound' });
   const etag = f.lfs ? sha256(f.content) : gitSha1(f.content);
-  const headers = { etag: `"${etag}"`, 'x-repo-commit': commit, 'accept-ranges': 'bytes' };
+  const headers: Record<string, string> = { etag: `"${etag}"`, 'x-repo-commit': commit, 'accept-ranges': 'bytes' };
+  if (f.lfs) {
+    headers['x-linked-etag'] = `"${etag}"`;
+    headers.etag = `W/"${gitSha1(f.content)}"`; // the pointer file's etag, as the Hub sends for LFS files
+  }
+  if (req.method === 'HEAD') return send(200, '', { ...headers, 'content-length': String(f.content.length) });
   const m = /^bytes=(\d+)-$/.exec(req.headers.range ?? '');
   if (m) {
     const start = Number(m[1]);
@@ -297,6 +306,24 @@ describe('resolveModel', () => {
     await expect(resolveModel('org/tiny', opts({ cacheDir: other }))).rejects.toThrow(/model.safetensors is corrupt after download \(sha256 /);
     expect(existsSync(join(b2, `${sha256(WEIGHTS)}.incomplete`))).toBe(false);
     await resolveModel('org/tiny', opts({ cacheDir: other })); // and the next run downloads it anew
+  });
+
+  it('names blobs by X-Linked-Etag / ETag from a HEAD when the file list has no blob ids', async () => {
+    const snap = await resolveModel('org/mirror', opts());
+    const files = repos['org/mirror']![commitOf('mirror')]!;
+    expect(readlinkSync(join(snap, 'model.safetensors'))).toBe(`../../blobs/${sha256(files['model.safetensors']!.content)}`);
+    expect(readlinkSync(join(snap, 'config.json'))).toBe(`../../blobs/${gitSha1(files['config.json']!.content)}`);
+    expect(seen.filter((s) => s.method === 'HEAD').length).toBe(2);
+    expect(readFileSync(join(snap, 'model.safetensors')).equals(files['model.safetensors']!.content)).toBe(true);
+  });
+
+  it('repairs a snapshot whose blob was deleted, fetching only that file', async () => {
+    const snap = await resolveModel('org/tiny', opts());
+    rmSync(join(cacheDir, 'models--org--tiny', 'blobs', sha256(WEIGHTS)));
+    seen = [];
+    expect(await resolveModel('org/tiny', opts())).toBe(snap);
+    expect(seen.map((s) => s.url)).toEqual([`/api/models/org/tiny/revision/main?blobs=true`, `/org/tiny/resolve/${MAIN}/model.safetensors`]);
+    expect(readFileSync(join(snap, 'model.safetensors')).equals(WEIGHTS)).toBe(true);
   });
 
   it('says how to retry when the network is down', async () => {
