@@ -7,6 +7,7 @@
 void RegisterGemm(Napi::Env env, Napi::Object exports);       // gemm.cc
 void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
 void RegisterMmap(Napi::Env env, Napi::Object exports);       // mmap.cc
+void RegisterNf4(Napi::Env env, Napi::Object exports);        // nf4.cc
 
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -20,6 +21,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterGemm(env, exports);
   RegisterAttention(env, exports);
   RegisterMmap(env, exports);
+  RegisterNf4(env, exports);
   return exports;
 }
 
