@@ -1,0 +1,266 @@
+/**
+ * The supervised fine-tuning recipe (also pretraining from scratch): load a Hugging Face model and its
+ * tokenizer, choose what trains (LoRA, full, BitFit, LayerNorm tuning), tokenize the data, run the trainer,
+ * and save what a user expects in output_dir (a PEFT adapter, or a full model folder).
+ */
+import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { join } from 'node:path';
+import { tokenizeDataset } from '../data/dataset.js';
+import { BatchLoader } from '../data/packing.js';
+import { type DataRecord, readRecords } from '../data/records.js';
+import { Tokenizer } from '../data/tokenizer.js';
+import { UserError } from '../errors.js';
+import { resolveModel } from '../io/hub.js';
+import { readSafetensors, readSafetensorsFolder, writeSafetensors as writeSafetensorsFile } from '../io/safetensors.js';
+import { buildModel, randomWeights, type RawTensor } from '../models/build.js';
+import type { CausalLM } from '../models/causal-lm.js';
+import { readModelConfig } from '../models/load.js';
+import { AdamW, decayGroups, type Optimizer, Sgd } from '../optim/adamw.js';
+import { warmupSteps } from '../optim/schedule.js';
+import { loadAdapterWeights, saveAdapter } from '../peft/adapter-io.js';
+import { type LoraConfig, loraConfig } from '../peft/config.js';
+import { applyLora, type LoraApplied } from '../peft/lora.js';
+import { saveMergedModel } from '../peft/merge.js';
+import { parameter } from '../tensor/autograd.js';
+import { Rng } from '../tensor/rng.js';
+import type { Tensor } from '../tensor/tensor.js';
+import { type CheckpointIO, latestCheckpoint } from './checkpoint.js';
+import { runTrainer, type TrainResult } from './trainer.js';
+
+/** The keys of the training config this recipe reads (snake_case, as TRL / transformers / PEFT name them). */
+export interface SftConfig {
+  model_name_or_path: string;
+  revision?: string | null;
+  torch_dtype?: 'auto' | 'float32' | 'bfloat16';
+  method: 'lora' | 'qlora' | 'full' | 'bitfit' | 'ln_tuning' | string;
+  init_from_scratch?: boolean;
+  lora?: Partial<LoraConfig>;
+  dataset_path: string;
+  eval_dataset_path?: string | null;
+  eval_split?: number;
+  dataset_text_field?: string;
+  max_length: number;
+  packing?: boolean;
+  completion_only_loss?: boolean | null;
+  assistant_only_loss?: boolean;
+  skip_bad_records?: boolean;
+  max_train_samples?: number | null;
+  output_dir: string;
+  num_train_epochs: number;
+  max_steps: number;
+  per_device_train_batch_size: number;
+  per_device_eval_batch_size?: number;
+  gradient_accumulation_steps: number;
+  learning_rate: number;
+  weight_decay: number;
+  adam_beta1?: number;
+  adam_beta2?: number;
+  adam_epsilon?: number;
+  max_grad_norm: number;
+  lr_scheduler_type: 'linear' | 'cosine' | 'constant' | 'constant_with_warmup';
+  warmup_ratio: number;
+  warmup_steps: number;
+  optim: string;
+  logging_steps: number;
+  eval_strategy?: 'no' | 'steps' | 'epoch';
+  eval_steps?: number | null;
+  save_steps: number;
+  save_total_limit?: number | null;
+  seed: number;
+  gradient_checkpointing?: boolean;
+  resume_from_checkpoint?: boolean | string | null;
+  dataloader_drop_last?: boolean;
+}
+
+export interface RunHooks {
+  onLog?: (row: Record<string, number>) => void;
+  onInfo?: (message: string) => void;
+  signal?: AbortSignal;
+}
+
+export interface SftResult extends TrainResult {
+  outputDir: string;
+  trainableParameters: number;
+  totalParameters: number;
+  trainExamples: number;
+  evalExamples: number;
+  truncated: number;
+}
+
+/** Splits records into train/eval with a seeded shuffle (eval_split is a fraction). */
+function splitRecords(records: DataRecord[], fraction: number, seed: number): [DataRecord[], DataRecord[]] {
+  if (!(fraction > 0)) return [records, []];
+  if (fraction >= 1) throw new UserError(`eval_split must be a fraction below 1, got ${fraction}`);
+  const idx = new Rng(seed).shuffle([...records.keys()]);
+  const n = Math.max(1, Math.round(records.length * fraction));
+  const evalSet = new Set(idx.slice(0, n));
+  return [records.filter((_, i) => !evalSet.has(i)), records.filter((_, i) => evalSet.has(i))];
+}
+
+/** Marks the parameters a method trains; returns them with their names. */
+function selectTrainable(model: CausalLM, method: string, lora: LoraConfig, seed: number, dropoutRng: Rng): { trainable: [string, Tensor][]; applied: LoraApplied | null } {
+  if (method === 'lora') {
+    const applied = applyLora(model, lora, new Rng(seed), dropoutRng);
+    return { trainable: applied.trainable, applied };
+  }
+  const pick: Record<string, (name: string) => boolean> = {
+    full: () => true,
+    bitfit: (n) => n.endsWith('.bias'),
+    ln_tuning: (n) => /norm|ln_\d|ln_f/.test(n),
+  };
+  const want = pick[method];
+  if (!want) throw new UserError(`method '${method}' is not available in this version`, 'use one of: lora, full, bitfit, ln_tuning');
+  const trainable: [string, Tensor][] = [];
+  for (const [name, p] of model.namedParameters()) {
+    p.requiresGrad = false;
+    if (want(name)) trainable.push([name, parameter(p, name)]);
+  }
+  if (trainable.length === 0) throw new UserError(`method '${method}' found nothing to train in this model (e.g. bitfit on a model without biases)`);
+  return { trainable, applied: null };
+}
+
+function makeOptimizer(c: SftConfig, trainable: [string, Tensor][]): Optimizer {
+  const groups = decayGroups(trainable, c.weight_decay);
+  switch (c.optim) {
+    case 'adamw_torch':
+    case 'adamw_torch_fused':
+    case 'adamw':
+      return new AdamW(groups, { lr: c.learning_rate, betas: [c.adam_beta1 ?? 0.9, c.adam_beta2 ?? 0.999], eps: c.adam_epsilon ?? 1e-8 });
+    case 'sgd':
+      return new Sgd(groups, { lr: c.learning_rate });
+    default:
+      throw new UserError(`optim '${c.optim}' is not available in this version`, 'use adamw_torch or sgd');
+  }
+}
+
+/** Fine-tunes (or pretrains) a causal LM as the config says. */
+export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftResult> {
+  const info = hooks.onInfo ?? (() => {});
+  const method = c.method === 'qlora' ? 'qlora' : c.method;
+  if (method === 'qlora') throw new UserError('method qlora is not available in this version yet', 'use method: lora');
+  const dir = await resolveModel(c.model_name_or_path, { revision: c.revision ?? undefined });
+  const modelConfig = readModelConfig(dir);
+  const tok = Tokenizer.fromFolder(dir);
+  const full = method === 'full';
+  const weights: Map<string, RawTensor> = c.init_from_scratch ? randomWeights(modelConfig, c.seed) : readSafetensorsFolder(dir, { copy: full }).tensors;
+  const dtype = full ? 'float32' : (c.torch_dtype ?? 'auto');
+  const model = buildModel(modelConfig, weights, { dtype, writable: full });
+  const dropoutRng = new Rng(c.seed + 1);
+  const lora = loraConfig(c.lora ?? {});
+  const { trainable, applied } = selectTrainable(model, method, lora, c.seed, dropoutRng);
+  const totalParams = model.parameters().reduce((s, p) => s + p.size, 0);
+  const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
+  info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
+
+  // Data
+  const read = readRecords(c.dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field });
+  if (read.skipped) info(`skipped ${read.skipped} bad records in ${c.dataset_path}`);
+  let [trainRecords, evalRecords] = splitRecords(read.records, c.eval_split ?? 0, c.seed);
+  if (c.eval_dataset_path) evalRecords = readRecords(c.eval_dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field }).records;
+  if (c.max_train_samples) trainRecords = trainRecords.slice(0, c.max_train_samples);
+  const tokOpts = { maxLength: c.max_length, completionOnlyLoss: c.completion_only_loss ?? true, assistantOnlyLoss: c.assistant_only_loss ?? false };
+  const trainTok = tokenizeDataset(trainRecords, tok, tokOpts);
+  if (trainTok.truncated) info(`${trainTok.truncated} of ${trainRecords.length} training records were longer than max_length ${c.max_length} and were truncated`);
+  if (trainTok.dropped) info(`${trainTok.dropped} training records had no tokens to train on and were dropped`);
+  const padId = tok.padId ?? tok.eosId ?? 0;
+  const loader = new BatchLoader(trainTok.examples, {
+    batchSize: c.per_device_train_batch_size,
+    maxLength: c.max_length,
+    packing: c.packing ?? false,
+    padId,
+    shuffle: c.seed,
+    dropLast: c.dataloader_drop_last ?? false,
+  });
+  const evalTok = evalRecords.length ? tokenizeDataset(evalRecords, tok, tokOpts).examples : [];
+  const evalBatches = evalTok.length
+    ? () => new BatchLoader(evalTok, { batchSize: c.per_device_eval_batch_size ?? c.per_device_train_batch_size, maxLength: c.max_length, padId, shuffle: false })
+    : undefined;
+
+  const perEpoch = Math.ceil(loader.batchesPerEpoch / c.gradient_accumulation_steps);
+  const maxSteps = c.max_steps > 0 ? c.max_steps : Math.max(1, Math.ceil(c.num_train_epochs * perEpoch));
+  const optimizer = makeOptimizer(c, trainable);
+  const evalSteps = c.eval_strategy === 'no' || !evalBatches ? 0 : c.eval_strategy === 'epoch' ? perEpoch : (c.eval_steps ?? c.logging_steps);
+
+  const io: CheckpointIO = applied
+    ? {
+        save: (d) => saveAdapter(d, lora, applied, c.model_name_or_path),
+        load: (d) => loadAdapterWeights(d, model, applied),
+        state: () => ({ dropout_rng: dropoutRng.getState() }),
+        restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
+      }
+    : {
+        save: (d) => saveTrainableWeights(d, trainable),
+        load: (d) => loadTrainableWeights(d, trainable),
+        state: () => ({ dropout_rng: dropoutRng.getState() }),
+        restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
+      };
+
+  let resumeFrom: string | null = null;
+  if (c.resume_from_checkpoint === true) {
+    resumeFrom = latestCheckpoint(c.output_dir);
+    if (!resumeFrom) throw new UserError(`resume_from_checkpoint is true but ${c.output_dir} has no checkpoint-N folder`);
+  } else if (typeof c.resume_from_checkpoint === 'string') resumeFrom = c.resume_from_checkpoint;
+  if (resumeFrom) info(`resuming from ${resumeFrom}`);
+
+  const result = await runTrainer({
+    model,
+    trainable,
+    optimizer,
+    train: loader,
+    evalBatches,
+    outputDir: c.output_dir,
+    maxSteps,
+    learningRate: c.learning_rate,
+    scheduler: c.lr_scheduler_type,
+    warmupSteps: warmupSteps(maxSteps, c.warmup_steps, c.warmup_ratio),
+    gradientAccumulationSteps: c.gradient_accumulation_steps,
+    maxGradNorm: c.max_grad_norm,
+    gradientCheckpointing: c.gradient_checkpointing ?? false,
+    loggingSteps: c.logging_steps,
+    evalSteps,
+    saveSteps: c.save_steps,
+    saveTotalLimit: c.save_total_limit ?? null,
+    io,
+    resumeFrom,
+    signal: hooks.signal,
+    onLog: hooks.onLog,
+  });
+
+  // Final artefacts in output_dir itself, as trainer.save_model() does.
+  if (!result.stoppedEarly) {
+    mkdirSync(c.output_dir, { recursive: true });
+    if (applied) saveAdapter(c.output_dir, lora, applied, c.model_name_or_path);
+    else saveMergedModel(model, dir, c.output_dir);
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
+      if (existsSync(join(dir, f))) copyFileSync(join(dir, f), join(c.output_dir, f));
+    }
+  }
+  const summary = {
+    ...result,
+    outputDir: c.output_dir,
+    trainableParameters: trainableParams,
+    totalParameters: totalParams,
+    trainExamples: trainTok.examples.length,
+    evalExamples: evalTok.length,
+    truncated: trainTok.truncated,
+  };
+  const { history: _h, ...json } = summary;
+  writeFileSync(join(c.output_dir, 'train_results.json'), JSON.stringify(json, null, 2) + '\n');
+  return summary;
+}
+
+function saveTrainableWeights(dir: string, trainable: [string, Tensor][]): void {
+  const tensors: Record<string, RawTensor> = {};
+  for (const [name, p] of trainable) tensors[name] = { dtype: 'F32', shape: [...p.shape], data: p.f as Float32Array };
+  writeSafetensorsFile(join(dir, 'trainable.safetensors'), tensors);
+}
+
+function loadTrainableWeights(dir: string, trainable: [string, Tensor][]): void {
+  const f = readSafetensors(join(dir, 'trainable.safetensors'), { copy: true });
+  for (const [name, p] of trainable) {
+    const t = f.tensors.get(name);
+    if (!t || t.data.length !== p.size) throw new UserError(`checkpoint ${dir} has no tensor '${name}' of the right size`);
+    p.f.set(t.data as Float32Array);
+  }
+}
+
