@@ -3,12 +3,13 @@
 // Layouts (see src/kernels/backend.ts): q/out/dout [B,T,H,D], k/v [B,T,Hkv,D], lse [B,H,T],
 // optional segIds [B,T]. Query t attends key s iff s <= t and segIds[b,s] == segIds[b,t].
 //
-// Work is split into tiles of BQ queries x BK keys. Each tile copies its rows into small padded
-// scratch matrices (rows to a multiple of 4, columns to a multiple of 16) so every product is the
-// same register-blocked GEMM micro-kernel (4 rows x 16 columns). Scores never exist beyond one tile.
+// Work is split into tiles of BQ queries x BK keys. Queries are transposed once per query block
+// into padded scratch; key/value rows are read in place (or copied and padded when D % 16 != 0),
+// so every product is one register-blocked GEMM micro-kernel (4 rows x 16 columns), plain or with
+// A transposed. Scores never exist beyond one tile.
 //   forward : items (b, h, query block), online softmax over the key blocks.
 //   backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - Di), dV += P^T dO, dK += scale dS^T Q,
-//             dQ += scale dS K. Either one pass over items (b, kv head) that own their dq/dk/dv rows,
+//             dQ += scale dS K (scores, P and dS are held transposed: keys as rows). Either one pass over items (b, kv head) that own their dq/dk/dv rows,
 //             or (when there are too few such items for the threads) two passes: (b, kv head, key
 //             block) for dk/dv, then (b, h, query block) for dq.
 // Items are handed out dynamically (largest first) by an atomic counter over the thread pool.
@@ -42,14 +43,23 @@ inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 
 // ---------------------------------------------------------------------------------------------
 // Inner loops: scalar and AVX2+FMA versions, chosen once at run time.
-//   gemm: C[M,N] (+)= A[M,K] . B[K,N], row-major; M % 4 == 0, N % 16 == 0.
-//   expsub: x[i] = exp(x[i] - m) for i < n (0 where x is -inf), returns the sum.
+// Scores are kept transposed, St[key j][query i] (row stride BQ), so the softmax runs down the
+// columns (vectorised across queries) and P^T, dS^T feed the dK/dV products without transposes.
+//   gemm:    C[M,N] (+)= A[M,K] . B[K,N], all row-major.            M % 4 == 0, N % 16 == 0.
+//   gemm_tn: C[M,N] (+)= A^T . B with A stored [K,M] (row stride lda). M % 4 == 0, N % 16 == 0.
+//   softmax: online-softmax step over a tile St [rows, cols]: per column i, m/l/alpha updated and
+//            St replaced by exp(St - m_new) (0 where St is -inf).                 cols % 8 == 0.
+//   p_ds:    St <- P = exp(St - L[i]); dPt <- P * (dPt - Di[i]).                  cols % 8 == 0.
 // ---------------------------------------------------------------------------------------------
 struct Ops {
   void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc);
-  float (*expsub)(float* x, int n, float m);
+  void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc);
+  void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha);
+  void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di);
   const char* isa;
 };
+
+inline float exp_or_zero(float x) { return x < -87.3f ? 0.f : std::exp(x); }
 
 void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
   for (int i = 0; i < M; i++) {
@@ -64,68 +74,105 @@ void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, i
   }
 }
 
-float expsub_scalar(float* x, int n, float m) {
-  float s = 0;
-  for (int i = 0; i < n; i++) {
-    const float e = x[i] == NEG_INF ? 0.f : std::exp(x[i] - m);
-    x[i] = e;
-    s += e;
-  }
-  return s;
-}
-
-#ifdef AJ_X86
-__attribute__((target("avx2,fma"))) void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B,
-                                                     int ldb, float* C, int ldc, bool acc) {
-  for (int i = 0; i < M; i += 4) {
-    const float* a0 = A + (size_t)i * lda;
-    const float* a1 = a0 + lda;
-    const float* a2 = a1 + lda;
-    const float* a3 = a2 + lda;
-    float* c0 = C + (size_t)i * ldc;
-    float* c1 = c0 + ldc;
-    float* c2 = c1 + ldc;
-    float* c3 = c2 + ldc;
-    for (int j = 0; j < N; j += 16) {
-      __m256 r00, r01, r10, r11, r20, r21, r30, r31;
-      if (acc) {
-        r00 = _mm256_loadu_ps(c0 + j); r01 = _mm256_loadu_ps(c0 + j + 8);
-        r10 = _mm256_loadu_ps(c1 + j); r11 = _mm256_loadu_ps(c1 + j + 8);
-        r20 = _mm256_loadu_ps(c2 + j); r21 = _mm256_loadu_ps(c2 + j + 8);
-        r30 = _mm256_loadu_ps(c3 + j); r31 = _mm256_loadu_ps(c3 + j + 8);
-      } else {
-        r00 = r01 = r10 = r11 = r20 = r21 = r30 = r31 = _mm256_setzero_ps();
-      }
-      const float* b = B + j;
-      for (int k = 0; k < K; k++, b += ldb) {
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
-        __m256 a = _mm256_broadcast_ss(a0 + k);
-        r00 = _mm256_fmadd_ps(a, b0, r00); r01 = _mm256_fmadd_ps(a, b1, r01);
-        a = _mm256_broadcast_ss(a1 + k);
-        r10 = _mm256_fmadd_ps(a, b0, r10); r11 = _mm256_fmadd_ps(a, b1, r11);
-        a = _mm256_broadcast_ss(a2 + k);
-        r20 = _mm256_fmadd_ps(a, b0, r20); r21 = _mm256_fmadd_ps(a, b1, r21);
-        a = _mm256_broadcast_ss(a3 + k);
-        r30 = _mm256_fmadd_ps(a, b0, r30); r31 = _mm256_fmadd_ps(a, b1, r31);
-      }
-      _mm256_storeu_ps(c0 + j, r00); _mm256_storeu_ps(c0 + j + 8, r01);
-      _mm256_storeu_ps(c1 + j, r10); _mm256_storeu_ps(c1 + j + 8, r11);
-      _mm256_storeu_ps(c2 + j, r20); _mm256_storeu_ps(c2 + j + 8, r21);
-      _mm256_storeu_ps(c3 + j, r30); _mm256_storeu_ps(c3 + j + 8, r31);
+void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+  for (int i = 0; i < M; i++) {
+    float* c = C + (size_t)i * ldc;
+    if (!acc) std::memset(c, 0, sizeof(float) * N);
+    for (int k = 0; k < K; k++) {
+      const float av = A[(size_t)k * lda + i];
+      const float* b = B + (size_t)k * ldb;
+      for (int j = 0; j < N; j++) c[j] += av * b[j];
     }
   }
 }
 
-// exp(x) for x <= 0 (Cephes-style: 2^n * p(r)); returns 0 below -87.3 (this also covers -inf).
-__attribute__((target("avx2,fma"))) inline __m256 exp256_nonpos(__m256 x) {
+void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
+  for (int i = 0; i < cols; i++) {
+    float bm = NEG_INF;
+    for (int j = 0; j < rows; j++) bm = std::max(bm, S[j * ld + i]);
+    const float mnew = std::max(m[i], bm);
+    const float ms = mnew == NEG_INF ? 0.f : mnew;
+    alpha[i] = exp_or_zero(m[i] - ms);
+    float sum = 0;
+    for (int j = 0; j < rows; j++) {
+      const float e = exp_or_zero(S[j * ld + i] - ms);
+      S[j * ld + i] = e;
+      sum += e;
+    }
+    l[i] = l[i] * alpha[i] + sum;
+    m[i] = mnew;
+  }
+}
+
+void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
+  for (int j = 0; j < rows; j++)
+    for (int i = 0; i < cols; i++) {
+      const float p = exp_or_zero(S[j * ld + i] - L[i]);
+      S[j * ld + i] = p;
+      dP[j * ld + i] = p * (dP[j * ld + i] - Di[i]);
+    }
+}
+
+#ifdef AJ_X86
+#define AJ_AVX2 __attribute__((target("avx2,fma")))
+
+// 4 x 16 register block; a(r, k) yields a pointer to A's element (row i + r, column k).
+#define AJ_GEMM_BODY(A_AT)                                                                           \
+  for (int i = 0; i < M; i += 4) {                                                                   \
+    float* c0 = C + (size_t)i * ldc;                                                                 \
+    float* c1 = c0 + ldc;                                                                            \
+    float* c2 = c1 + ldc;                                                                            \
+    float* c3 = c2 + ldc;                                                                            \
+    for (int j = 0; j < N; j += 16) {                                                                \
+      __m256 r00, r01, r10, r11, r20, r21, r30, r31;                                                 \
+      if (acc) {                                                                                     \
+        r00 = _mm256_loadu_ps(c0 + j); r01 = _mm256_loadu_ps(c0 + j + 8);                           \
+        r10 = _mm256_loadu_ps(c1 + j); r11 = _mm256_loadu_ps(c1 + j + 8);                           \
+        r20 = _mm256_loadu_ps(c2 + j); r21 = _mm256_loadu_ps(c2 + j + 8);                           \
+        r30 = _mm256_loadu_ps(c3 + j); r31 = _mm256_loadu_ps(c3 + j + 8);                           \
+      } else {                                                                                       \
+        r00 = r01 = r10 = r11 = r20 = r21 = r30 = r31 = _mm256_setzero_ps();                         \
+      }                                                                                              \
+      const float* b = B + j;                                                                        \
+      for (int k = 0; k < K; k++, b += ldb) {                                                        \
+        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);                          \
+        __m256 a = _mm256_broadcast_ss(A_AT(0, k));                                                  \
+        r00 = _mm256_fmadd_ps(a, b0, r00); r01 = _mm256_fmadd_ps(a, b1, r01);                        \
+        a = _mm256_broadcast_ss(A_AT(1, k));                                                         \
+        r10 = _mm256_fmadd_ps(a, b0, r10); r11 = _mm256_fmadd_ps(a, b1, r11);                        \
+        a = _mm256_broadcast_ss(A_AT(2, k));                                                         \
+        r20 = _mm256_fmadd_ps(a, b0, r20); r21 = _mm256_fmadd_ps(a, b1, r21);                        \
+        a = _mm256_broadcast_ss(A_AT(3, k));                                                         \
+        r30 = _mm256_fmadd_ps(a, b0, r30); r31 = _mm256_fmadd_ps(a, b1, r31);                        \
+      }                                                                                              \
+      _mm256_storeu_ps(c0 + j, r00); _mm256_storeu_ps(c0 + j + 8, r01);                             \
+      _mm256_storeu_ps(c1 + j, r10); _mm256_storeu_ps(c1 + j + 8, r11);                             \
+      _mm256_storeu_ps(c2 + j, r20); _mm256_storeu_ps(c2 + j + 8, r21);                             \
+      _mm256_storeu_ps(c3 + j, r30); _mm256_storeu_ps(c3 + j + 8, r31);                             \
+    }                                                                                                \
+  }
+
+AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+#define AJ_A_NN(r, k) (A + (size_t)(i + (r)) * lda + (k))
+  AJ_GEMM_BODY(AJ_A_NN)
+#undef AJ_A_NN
+}
+
+AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+#define AJ_A_TN(r, k) (A + (size_t)(k) * lda + i + (r))
+  AJ_GEMM_BODY(AJ_A_TN)
+#undef AJ_A_TN
+}
+
+// exp(x) for x <= ~88 (Cephes-style: 2^n * p(r)); 0 below -87.3, which also covers -inf.
+AJ_AVX2 inline __m256 exp256(__m256 x) {
   const __m256 lo = _mm256_set1_ps(-87.3f);
   const __m256 under = _mm256_cmp_ps(x, lo, _CMP_LT_OQ);
   x = _mm256_max_ps(x, lo);
   x = _mm256_min_ps(x, _mm256_set1_ps(88.3f));
-  __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
-                              _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
-  // r = x - fx * ln2 in two steps for accuracy
-  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);
+  const __m256 fx = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
+                                    _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m256 r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(0.693359375f), x);  // x - n ln2, in two parts
   r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(-2.12194440e-4f), r);
   __m256 y = _mm256_set1_ps(1.9875691500E-4f);
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.3981999507E-3f));
@@ -133,42 +180,56 @@ __attribute__((target("avx2,fma"))) inline __m256 exp256_nonpos(__m256 x) {
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(4.1665795894E-2f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(1.6666665459E-1f));
   y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(5.0000001201E-1f));
-  const __m256 r2 = _mm256_mul_ps(r, r);
-  y = _mm256_fmadd_ps(y, r2, _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
-  __m256i n = _mm256_cvtps_epi32(fx);
-  n = _mm256_slli_epi32(_mm256_add_epi32(n, _mm256_set1_epi32(127)), 23);
-  y = _mm256_mul_ps(y, _mm256_castsi256_ps(n));
-  return _mm256_andnot_ps(under, y);
+  y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0f)));
+  const __m256i n = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+  return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
 }
 
-__attribute__((target("avx2,fma"))) float expsub_avx2(float* x, int n, float m) {
-  const __m256 vm = _mm256_set1_ps(m);
-  __m256 s = _mm256_setzero_ps();
-  int i = 0;
-  for (; i + 8 <= n; i += 8) {
-    const __m256 e = exp256_nonpos(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm));
-    _mm256_storeu_ps(x + i, e);
-    s = _mm256_add_ps(s, e);
+AJ_AVX2 void softmax_avx2(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
+  alignas(32) float ms[BQ], sum[BQ];
+  const __m256 ninf = _mm256_set1_ps(NEG_INF);
+  for (int i = 0; i < cols; i += 8) _mm256_store_ps(ms + i, ninf);
+  for (int j = 0; j < rows; j++)
+    for (int i = 0; i < cols; i += 8)
+      _mm256_store_ps(ms + i, _mm256_max_ps(_mm256_load_ps(ms + i), _mm256_loadu_ps(S + j * ld + i)));
+  for (int i = 0; i < cols; i += 8) {
+    const __m256 mo = _mm256_loadu_ps(m + i);
+    const __m256 mnew = _mm256_max_ps(mo, _mm256_load_ps(ms + i));
+    _mm256_storeu_ps(m + i, mnew);
+    const __m256 safe = _mm256_andnot_ps(_mm256_cmp_ps(mnew, ninf, _CMP_EQ_OQ), mnew);  // -inf -> 0
+    _mm256_store_ps(ms + i, safe);
+    _mm256_storeu_ps(alpha + i, exp256(_mm256_sub_ps(mo, safe)));
+    _mm256_store_ps(sum + i, _mm256_setzero_ps());
   }
-  alignas(32) float t[8];
-  _mm256_store_ps(t, s);
-  float sum = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
-  for (; i < n; i++) {
-    const float e = x[i] == NEG_INF ? 0.f : std::exp(x[i] - m);
-    x[i] = e;
-    sum += e;
-  }
-  return sum;
+  for (int j = 0; j < rows; j++)
+    for (int i = 0; i < cols; i += 8) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_load_ps(ms + i)));
+      _mm256_storeu_ps(S + j * ld + i, e);
+      _mm256_store_ps(sum + i, _mm256_add_ps(_mm256_load_ps(sum + i), e));
+    }
+  for (int i = 0; i < cols; i += 8)
+    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), _mm256_loadu_ps(alpha + i), _mm256_load_ps(sum + i)));
+}
+
+AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
+  for (int j = 0; j < rows; j++)
+    for (int i = 0; i < cols; i += 8) {
+      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_loadu_ps(L + i)));
+      _mm256_storeu_ps(S + j * ld + i, p);
+      const __m256 dp = _mm256_loadu_ps(dP + j * ld + i);
+      _mm256_storeu_ps(dP + j * ld + i, _mm256_mul_ps(p, _mm256_sub_ps(dp, _mm256_loadu_ps(Di + i))));
+    }
 }
 #endif
 
 const Ops& ops() {
   static const Ops o = [] {
-    Ops r{gemm_scalar, expsub_scalar, "scalar"};
+    Ops r{gemm_scalar, gemm_tn_scalar, softmax_scalar, p_ds_scalar, "scalar"};
 #ifdef AJ_X86
     const char* force = std::getenv("AJUSTE_ISA");
     const bool scalar = force && std::string(force) == "scalar";
-    if (!scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) r = {gemm_avx2, expsub_avx2, "avx2"};
+    if (!scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+      r = {gemm_avx2, gemm_tn_avx2, softmax_avx2, p_ds_avx2, "avx2"};
 #endif
     return r;
   }();
@@ -195,7 +256,8 @@ void load_rows(float* dst, int Dp, const float* src, size_t stride, int n, int D
     float* d = dst + (size_t)r * Dp;
     if (r < n) {
       const float* s = src + r * stride;
-      for (int c = 0; c < D; c++) d[c] = alpha * s[c];
+      if (alpha == 1.f) std::memcpy(d, s, sizeof(float) * D);
+      else for (int c = 0; c < D; c++) d[c] = alpha * s[c];
       for (int c = D; c < Dp; c++) d[c] = 0;
     } else {
       std::memset(d, 0, sizeof(float) * Dp);
@@ -203,124 +265,64 @@ void load_rows(float* dst, int Dp, const float* src, size_t stride, int n, int D
   }
 }
 
-// dst [D, BK] <- transpose of rows src (n rows of D), columns n..round16(n) zeroed.
-void load_transposed(float* dst, const float* src, size_t stride, int n, int D) {
+// A block of n rows of D floats as a gemm operand: straight from the tensor when that is safe
+// (D is a multiple of 16 and n of 4, so no padding is read), else copied into padded scratch.
+struct Rows {
+  const float* p;
+  int ld;
+};
+Rows rows_view(float* scratch, int Dp, const float* src, size_t stride, int n, int D) {
+  if (D == Dp && n % 4 == 0) return {src, (int)stride};
+  load_rows(scratch, Dp, src, stride, n, D, 1.f);
+  return {scratch, Dp};
+}
+
+// dst [D, BQ] <- alpha * transpose of n rows of src (D each); columns n..round16(n) zeroed.
+void load_transposed(float* dst, const float* src, size_t stride, int n, int D, float alpha) {
+  for (int r = 0; r < n; r++) {
+    const float* s = src + r * stride;
+    for (int c = 0; c < D; c++) dst[(size_t)c * BQ + r] = alpha * s[c];
+  }
   const int np = round_up(n, 16);
-  for (int c = 0; c < D; c++) {
-    float* d = dst + (size_t)c * BK;
-    for (int r = 0; r < n; r++) d[r] = src[r * stride + c];
-    for (int r = n; r < np; r++) d[r] = 0;
-  }
+  for (int c = 0; c < D; c++)
+    for (int r = n; r < np; r++) dst[(size_t)c * BQ + r] = 0;
 }
 
-// dst [BK-ish rows, BQ] <- transpose of src [nr rows, ld] (first nc columns), padded with zeros to
-// round4(nc) rows and round16... columns are only read up to nr, so no column padding needed.
-void transpose_tile(float* dst, int ldd, const float* src, int lds, int nr, int nc) {
-  const int ncp = round_up(nc, 4);
-  for (int c = 0; c < ncp; c++) {
-    float* d = dst + (size_t)c * ldd;
-    if (c < nc) {
-      for (int r = 0; r < nr; r++) d[r] = src[(size_t)r * lds + c];
-    } else {
-      std::memset(d, 0, sizeof(float) * nr);
-    }
-  }
-}
-
-// mask[i*BK + j] = query t0+i may attend key s0+j. Returns the number of allowed pairs.
-int build_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask) {
-  int count = 0;
+// Decides how tile (queries t0..t0+nq, keys s0..s0+nk) is masked. Returns false when no pair is
+// allowed. Sets full when every pair is allowed; otherwise fills mask[j * BQ + i].
+bool tile_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask, bool& full) {
+  full = !P.seg && s0 + nk - 1 <= t0;
+  if (full) return true;
+  if (!P.seg && s0 > t0 + nq - 1) return false;
   const int32_t* seg = P.seg ? P.seg + (size_t)b * P.T : nullptr;
-  for (int i = 0; i < nq; i++) {
-    const int t = t0 + i;
-    uint8_t* m = mask + i * BK;
-    for (int j = 0; j < nk; j++) {
-      const int s = s0 + j;
+  int count = 0;
+  for (int j = 0; j < nk; j++) {
+    const int s = s0 + j;
+    uint8_t* m = mask + j * BQ;
+    for (int i = 0; i < nq; i++) {
+      const int t = t0 + i;
       const bool ok = s <= t && (!seg || seg[s] == seg[t]);
-      m[j] = ok;
+      m[i] = ok;
       count += ok;
     }
   }
-  return count;
+  return count > 0;
 }
 
-// True when the tile needs no mask (every key precedes every query and there are no segments).
-inline bool tile_full(const Problem& P, int t0, int s0, int nk) { return !P.seg && s0 + nk - 1 <= t0; }
-
-// S [nq rows, BK] restricted to allowed pairs (-inf elsewhere, including padding columns).
-void apply_mask(float* S, int nq, int nk, int nkp, const uint8_t* mask, bool full) {
-  for (int i = 0; i < nq; i++) {
-    float* s = S + i * BK;
-    if (!full) {
-      const uint8_t* m = mask + i * BK;
-      for (int j = 0; j < nk; j++)
-        if (!m[j]) s[j] = NEG_INF;
+// St [rows j, cols i]: -inf where a pair is not allowed and in padding rows nk..round4(nk).
+void apply_mask(float* S, int nq, int nk, const uint8_t* mask, bool full) {
+  if (!full)
+    for (int j = 0; j < nk; j++) {
+      float* s = S + j * BQ;
+      const uint8_t* m = mask + j * BQ;
+      for (int i = 0; i < nq; i++)
+        if (!m[i]) s[i] = NEG_INF;
     }
-    for (int j = nk; j < nkp; j++) s[j] = NEG_INF;
-  }
+  for (int j = nk; j < round_up(nk, 4); j++)
+    for (int i = 0; i < BQ; i++) S[j * BQ + i] = NEG_INF;
 }
 
-// ---------------------------------------------------------------------------------------------
-// Forward.
-// ---------------------------------------------------------------------------------------------
-struct FwdScratch {
-  std::vector<float> Q, Kt, V, S, acc, m, l;
-  std::vector<uint8_t> mask;
-  explicit FwdScratch(int Dp)
-      : Q(BQ * Dp), Kt((size_t)Dp * BK), V(BK * Dp), S(BQ * BK), acc(BQ * Dp), m(BQ), l(BQ), mask(BQ * BK) {}
-};
-
-void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
-  const Ops& O = ops();
-  const int D = P.D, Dp = P.Dp, g = h / P.G;
-  const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), nqp = round_up(nq, 4);
-  const size_t qstride = (size_t)P.H * D, kstride = (size_t)P.Hkv * D;
-  load_rows(W.Q.data(), Dp, P.q + P.qrow(b, t0, h), qstride, nq, D, P.scale);
-  std::fill(W.acc.begin(), W.acc.end(), 0.f);
-  std::fill(W.m.begin(), W.m.end(), NEG_INF);
-  std::fill(W.l.begin(), W.l.end(), 0.f);
-  const int last = t0 + nq - 1;
-  for (int s0 = 0; s0 <= last; s0 += BK) {
-    const int nk = std::min(BK, last + 1 - s0), nkp = round_up(nk, 16);
-    const bool full = tile_full(P, t0, s0, nk);
-    if (!full && build_mask(P, b, t0, nq, s0, nk, W.mask.data()) == 0) continue;
-    load_transposed(W.Kt.data(), P.k + P.kvrow(b, s0, g), kstride, nk, D);
-    load_rows(W.V.data(), Dp, P.v + P.kvrow(b, s0, g), kstride, nk, D, 1.f);
-    O.gemm(nqp, nkp, D, W.Q.data(), Dp, W.Kt.data(), BK, W.S.data(), BK, false);
-    apply_mask(W.S.data(), nq, nk, nkp, W.mask.data(), full);
-    for (int i = 0; i < nqp; i++) {
-      float* s = W.S.data() + i * BK;
-      if (i >= nq) {  // padding rows: contribute nothing
-        std::memset(s, 0, sizeof(float) * nkp);
-        continue;
-      }
-      float bm = NEG_INF;
-      for (int j = 0; j < nk; j++) bm = std::max(bm, s[j]);
-      if (bm == NEG_INF) {  // no allowed key in this block for this row
-        std::memset(s, 0, sizeof(float) * nkp);
-        continue;
-      }
-      const float mnew = std::max(W.m[i], bm);
-      const float alpha = W.m[i] == NEG_INF ? 0.f : std::exp(W.m[i] - mnew);
-      W.l[i] = W.l[i] * alpha + O.expsub(s, nkp, mnew);
-      W.m[i] = mnew;
-      if (alpha != 1.f) {
-        float* a = W.acc.data() + (size_t)i * Dp;
-        for (int d = 0; d < Dp; d++) a[d] *= alpha;
-      }
-    }
-    O.gemm(nqp, Dp, nk, W.S.data(), BK, W.V.data(), Dp, W.acc.data(), Dp, true);
-  }
-  for (int i = 0; i < nq; i++) {
-    const float inv = 1.f / W.l[i];
-    float* o = P.o + P.qrow(b, t0 + i, h);
-    const float* a = W.acc.data() + (size_t)i * Dp;
-    for (int d = 0; d < D; d++) o[d] = a[d] * inv;
-    P.lse_out[((size_t)b * P.H + h) * P.T + t0 + i] = W.m[i] + std::log(W.l[i]);
-  }
-}
-
-// Runs fn(item, worker) for items [0, n) handed out dynamically over the pool.
+// Runs fn(scratch, item) for items [0, n) handed out dynamically over the pool.
 template <class Scratch, class MakeScratch, class Fn>
 void run_items(long n, MakeScratch make, Fn fn) {
   auto& pool = ajuste::ThreadPool::get();
@@ -330,6 +332,53 @@ void run_items(long n, MakeScratch make, Fn fn) {
     Scratch W = make();
     for (long it; (it = next.fetch_add(1)) < n;) fn(W, it);
   });
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward.
+// ---------------------------------------------------------------------------------------------
+struct FwdScratch {
+  std::vector<float> Qt, K, V, S, acc, m, l, alpha;
+  std::vector<uint8_t> mask;
+  explicit FwdScratch(int Dp)
+      : Qt((size_t)Dp * BQ), K(BK * Dp), V(BK * Dp), S(BK * BQ), acc(BQ * Dp), m(BQ), l(BQ), alpha(BQ),
+        mask(BK * BQ) {}
+};
+
+void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
+  const Ops& O = ops();
+  const int D = P.D, Dp = P.Dp, g = h / P.G;
+  const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), nqr = round_up(nq, 4), nqc = round_up(nq, 16);
+  const size_t qstride = (size_t)P.H * D, kstride = (size_t)P.Hkv * D;
+  load_transposed(W.Qt.data(), P.q + P.qrow(b, t0, h), qstride, nq, D, P.scale);
+  std::fill(W.acc.begin(), W.acc.end(), 0.f);
+  std::fill(W.m.begin(), W.m.end(), NEG_INF);
+  std::fill(W.l.begin(), W.l.end(), 0.f);
+  const int last = t0 + nq - 1;
+  for (int s0 = 0; s0 <= last; s0 += BK) {
+    const int nk = std::min(BK, last + 1 - s0), nkr = round_up(nk, 4);
+    bool full;
+    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+    const Rows K = rows_view(W.K.data(), Dp, P.k + P.kvrow(b, s0, g), kstride, nk, D);
+    const Rows V = rows_view(W.V.data(), Dp, P.v + P.kvrow(b, s0, g), kstride, nk, D);
+    O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false);
+    apply_mask(W.S.data(), nq, nk, W.mask.data(), full);
+    O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
+    for (int i = 0; i < nq; i++) {
+      const float a = W.alpha[i];
+      if (a == 1.f) continue;
+      float* r = W.acc.data() + (size_t)i * Dp;
+      for (int d = 0; d < Dp; d++) r[d] *= a;
+    }
+    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true);
+  }
+  for (int i = 0; i < nq; i++) {
+    const float inv = 1.f / W.l[i];
+    float* o = P.o + P.qrow(b, t0 + i, h);
+    const float* a = W.acc.data() + (size_t)i * Dp;
+    for (int d = 0; d < D; d++) o[d] = a[d] * inv;
+    P.lse_out[((size_t)b * P.H + h) * P.T + t0 + i] = W.m[i] + std::log(W.l[i]);
+  }
 }
 
 void attention_fwd(const Problem& P) {
@@ -346,146 +395,159 @@ void attention_fwd(const Problem& P) {
 // Backward.
 // ---------------------------------------------------------------------------------------------
 struct BwdScratch {
-  // query side: Q (scaled), dO, lse, Di; key side: Kt, K, Vt; tile: S/P, dP/dS, their transposes.
-  std::vector<float> Q, dO, L, Di, Kt, K, Vt, S, dP, Pt, tmp, dKacc, dVacc;
+  // query side: Qt (scaled, transposed), dOt, Q and dO rows, L (lse, +inf padding), Di;
+  // key side: K, V rows; tile: St (P^T), dPt (dS^T); accumulators dQ [BQ], dK/dV [kv_rows].
+  // Row operands point into the tensors when no padding is needed (see rows_view).
+  std::vector<float> Qt, dOt, Qr, dOr, L, Di, K, V, S, dP, dQ, dK, dV;
+  Rows q{nullptr, 0}, dout{nullptr, 0}, k{nullptr, 0}, v{nullptr, 0};
   std::vector<uint8_t> mask;
-  explicit BwdScratch(int Dp)
-      : Q(BQ * Dp), dO(BQ * Dp), L(BQ), Di(BQ), Kt((size_t)Dp * BK), K(BK * Dp), Vt((size_t)Dp * BK), S(BQ * BK),
-        dP(BQ * BK), Pt(BK * BQ), tmp(std::max(BQ, BK) * Dp), dKacc(BK * Dp), dVacc(BK * Dp), mask(BQ * BK) {}
+  BwdScratch(int Dp, int kv_rows)
+      : Qt((size_t)Dp * BQ), dOt((size_t)Dp * BQ), Qr(BQ * Dp), dOr(BQ * Dp), L(BQ), Di(BQ), K(BK * Dp),
+        V(BK * Dp), S(BK * BQ), dP(BK * BQ), dQ(BQ * Dp), dK((size_t)kv_rows * Dp), dV((size_t)kv_rows * Dp),
+        mask(BK * BQ) {}
 };
 
 void bwd_load_keys(const Problem& P, BwdScratch& W, int b, int g, int s0, int nk) {
   const size_t kstride = (size_t)P.Hkv * P.D;
-  load_transposed(W.Kt.data(), P.k + P.kvrow(b, s0, g), kstride, nk, P.D);
-  load_transposed(W.Vt.data(), P.v + P.kvrow(b, s0, g), kstride, nk, P.D);
-  load_rows(W.K.data(), P.Dp, P.k + P.kvrow(b, s0, g), kstride, nk, P.D, 1.f);
+  W.k = rows_view(W.K.data(), P.Dp, P.k + P.kvrow(b, s0, g), kstride, nk, P.D);
+  W.v = rows_view(W.V.data(), P.Dp, P.v + P.kvrow(b, s0, g), kstride, nk, P.D);
 }
 
 void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int nq) {
   const int D = P.D;
   const size_t qstride = (size_t)P.H * D;
-  load_rows(W.Q.data(), P.Dp, P.q + P.qrow(b, t0, h), qstride, nq, D, P.scale);
-  load_rows(W.dO.data(), P.Dp, P.dout + P.qrow(b, t0, h), qstride, nq, D, 1.f);
-  for (int i = 0; i < nq; i++) {
-    const float* o = P.out + P.qrow(b, t0 + i, h);
-    const float* d = P.dout + P.qrow(b, t0 + i, h);
-    float s = 0;
-    for (int c = 0; c < D; c++) s += o[c] * d[c];
-    W.Di[i] = s;
-    W.L[i] = P.lse[((size_t)b * P.H + h) * P.T + t0 + i];
+  const float* q = P.q + P.qrow(b, t0, h);
+  const float* dout = P.dout + P.qrow(b, t0, h);
+  load_transposed(W.Qt.data(), q, qstride, nq, D, P.scale);
+  load_transposed(W.dOt.data(), dout, qstride, nq, D, 1.f);
+  W.q = rows_view(W.Qr.data(), P.Dp, q, qstride, nq, D);
+  W.dout = rows_view(W.dOr.data(), P.Dp, dout, qstride, nq, D);
+  for (int i = 0; i < BQ; i++) {
+    if (i < nq) {
+      const float* o = P.out + P.qrow(b, t0 + i, h);
+      const float* d = dout + i * qstride;
+      float s = 0;
+      for (int c = 0; c < D; c++) s += o[c] * d[c];
+      W.Di[i] = s;
+      W.L[i] = P.lse[((size_t)b * P.H + h) * P.T + t0 + i];
+    } else {
+      W.Di[i] = 0;
+      W.L[i] = std::numeric_limits<float>::infinity();  // padding queries: P = 0
+    }
   }
 }
 
-// One tile with queries (b,h,t0..t0+nq) and the loaded keys s0..s0+nk. Leaves P in W.S and dS
-// (unscaled) in W.dP. Accumulates dV, dK into W.dVacc/W.dKacc when kv, and scale * dS K into
-// dq rows when dq. Returns false when the tile is fully masked.
-bool bwd_tile(const Problem& P, BwdScratch& W, int b, int h, int t0, int nq, int s0, int nk, bool kv, bool dq) {
+// One tile, queries and keys already loaded (keys s0..s0+nk). Accumulates P^T dO into dV,
+// dS^T Q into dK and dS K into dQ (each when non-null; dS is unscaled, so dK and dQ get the
+// scale when written out). dK/dV point at the accumulator row of key s0.
+void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, float* dK, float* dV, float* dQ) {
   const Ops& O = ops();
-  const int D = P.D, Dp = P.Dp, nqp = round_up(nq, 4), nkp = round_up(nk, 16);
-  const bool full = tile_full(P, t0, s0, nk);
-  if (!full && build_mask(P, b, t0, nq, s0, nk, W.mask.data()) == 0) return false;
+  const int D = P.D, Dp = P.Dp, nqr = round_up(nq, 4), nqc = round_up(nq, 16), nkr = round_up(nk, 4);
   float* S = W.S.data();
   float* dP = W.dP.data();
-  O.gemm(nqp, nkp, D, W.Q.data(), Dp, W.Kt.data(), BK, S, BK, false);
-  apply_mask(S, nq, nk, nkp, W.mask.data(), full);
-  O.gemm(nqp, nkp, D, W.dO.data(), Dp, W.Vt.data(), BK, dP, BK, false);
-  for (int i = 0; i < nqp; i++) {
-    float* s = S + i * BK;
-    float* dp = dP + i * BK;
-    if (i >= nq) {
-      std::memset(s, 0, sizeof(float) * nkp);
-      std::memset(dp, 0, sizeof(float) * nkp);
-      continue;
-    }
-    O.expsub(s, nkp, W.L[i]);
-    const float di = W.Di[i];
-    for (int j = 0; j < nkp; j++) dp[j] = s[j] * (dp[j] - di);
-  }
-  if (kv) {
-    // dV += P^T dO ; dK += dS^T (scale Q)
-    transpose_tile(W.Pt.data(), BQ, S, BK, nq, nk);
-    O.gemm(round_up(nk, 4), Dp, nq, W.Pt.data(), BQ, W.dO.data(), Dp, W.dVacc.data(), Dp, true);
-    transpose_tile(W.Pt.data(), BQ, dP, BK, nq, nk);
-    O.gemm(round_up(nk, 4), Dp, nq, W.Pt.data(), BQ, W.Q.data(), Dp, W.dKacc.data(), Dp, true);
-  }
-  if (dq) {
-    O.gemm(nqp, Dp, nk, dP, BK, W.K.data(), Dp, W.tmp.data(), Dp, false);
-    for (int i = 0; i < nq; i++) {
-      float* d = P.dq + P.qrow(b, t0 + i, h);
-      const float* t = W.tmp.data() + (size_t)i * Dp;
-      for (int c = 0; c < D; c++) d[c] += P.scale * t[c];
-    }
-  }
-  return true;
+  O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false);
+  apply_mask(S, nq, nk, W.mask.data(), full);
+  O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false);
+  O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
+  if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true);
+  if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true);
+  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true);
 }
 
-// dk/dv (and, when with_dq, dq contributions) of key block kb of kv head g, over all its query heads.
-void bwd_key_block(const Problem& P, BwdScratch& W, int b, int g, int kb, bool with_dq) {
-  const int Dp = P.Dp, s0 = kb * BK, nk = std::min(BK, P.T - s0);
-  bwd_load_keys(P, W, b, g, s0, nk);
-  std::fill(W.dKacc.begin(), W.dKacc.end(), 0.f);
-  std::fill(W.dVacc.begin(), W.dVacc.end(), 0.f);
-  const int qb0 = s0 / BQ;  // earlier query blocks cannot see these keys
+void write_rows(float* dst, size_t stride, const float* src, int Dp, int n, int D, float alpha) {
+  for (int r = 0; r < n; r++) {
+    float* d = dst + r * stride;
+    const float* s = src + (size_t)r * Dp;
+    for (int c = 0; c < D; c++) d[c] = alpha * s[c];
+  }
+}
+
+// One pass for kv head g of batch row b: all its query heads, dq/dk/dv all written here.
+void bwd_one_pass(const Problem& P, BwdScratch& W, int b, int g) {
+  const int Dp = P.Dp;
+  std::fill(W.dK.begin(), W.dK.end(), 0.f);
+  std::fill(W.dV.begin(), W.dV.end(), 0.f);
   for (int hh = 0; hh < P.G; hh++) {
     const int h = g * P.G + hh;
-    for (int t0 = qb0 * BQ; t0 < P.T; t0 += BQ) {
-      const int nq = std::min(BQ, P.T - t0);
-      if (P.seg && !tile_full(P, t0, s0, nk) && build_mask(P, b, t0, nq, s0, nk, W.mask.data()) == 0) continue;
+    for (int t0 = 0; t0 < P.T; t0 += BQ) {
+      const int nq = std::min(BQ, P.T - t0), last = t0 + nq - 1;
       bwd_load_queries(P, W, b, h, t0, nq);
-      bwd_tile(P, W, b, h, t0, nq, s0, nk, true, with_dq);
+      std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
+      for (int s0 = 0; s0 <= last; s0 += BK) {
+        const int nk = std::min(BK, last + 1 - s0);
+        bool full;
+        if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+        bwd_load_keys(P, W, b, g, s0, nk);
+        bwd_tile(P, W, nq, nk, full, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
+      }
+      write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), Dp, nq, P.D, P.scale);
     }
   }
   const size_t kstride = (size_t)P.Hkv * P.D;
-  for (int j = 0; j < nk; j++) {
-    float* dk = P.dk + P.kvrow(b, s0, g) + j * kstride;
-    float* dv = P.dv + P.kvrow(b, s0, g) + j * kstride;
-    const float* a = W.dKacc.data() + (size_t)j * Dp;
-    const float* c = W.dVacc.data() + (size_t)j * Dp;
-    std::memcpy(dk, a, sizeof(float) * P.D);
-    std::memcpy(dv, c, sizeof(float) * P.D);
-  }
+  write_rows(P.dk + P.kvrow(b, 0, g), kstride, W.dK.data(), Dp, P.T, P.D, P.scale);
+  write_rows(P.dv + P.kvrow(b, 0, g), kstride, W.dV.data(), Dp, P.T, P.D, 1.f);
 }
 
-// dq rows of query block qb of head h (two-pass mode).
+// Two-pass mode, pass 1: dk/dv of key block kb of kv head g, over all its query heads.
+void bwd_key_block(const Problem& P, BwdScratch& W, int b, int g, int kb) {
+  const int s0 = kb * BK, nk = std::min(BK, P.T - s0);
+  bwd_load_keys(P, W, b, g, s0, nk);
+  std::fill(W.dK.begin(), W.dK.end(), 0.f);
+  std::fill(W.dV.begin(), W.dV.end(), 0.f);
+  for (int hh = 0; hh < P.G; hh++) {
+    const int h = g * P.G + hh;
+    for (int t0 = kb * BQ; t0 < P.T; t0 += BQ) {  // earlier query blocks cannot see these keys
+      const int nq = std::min(BQ, P.T - t0);
+      bool full;
+      if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+      bwd_load_queries(P, W, b, h, t0, nq);
+      bwd_tile(P, W, nq, nk, full, W.dK.data(), W.dV.data(), nullptr);
+    }
+  }
+  const size_t kstride = (size_t)P.Hkv * P.D;
+  write_rows(P.dk + P.kvrow(b, s0, g), kstride, W.dK.data(), P.Dp, nk, P.D, P.scale);
+  write_rows(P.dv + P.kvrow(b, s0, g), kstride, W.dV.data(), P.Dp, nk, P.D, 1.f);
+}
+
+// Two-pass mode, pass 2: dq of query block qb of head h.
 void bwd_query_block(const Problem& P, BwdScratch& W, int b, int h, int qb) {
-  const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), g = h / P.G;
-  for (int i = 0; i < nq; i++) std::memset(P.dq + P.qrow(b, t0 + i, h), 0, sizeof(float) * P.D);
+  const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), g = h / P.G, last = t0 + nq - 1;
   bwd_load_queries(P, W, b, h, t0, nq);
-  const int last = t0 + nq - 1;
+  std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0);
-    if (P.seg && !tile_full(P, t0, s0, nk) && build_mask(P, b, t0, nq, s0, nk, W.mask.data()) == 0) continue;
+    bool full;
+    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
     bwd_load_keys(P, W, b, g, s0, nk);
-    bwd_tile(P, W, b, h, t0, nq, s0, nk, false, true);
+    bwd_tile(P, W, nq, nk, full, nullptr, nullptr, W.dQ.data());
   }
+  write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), P.Dp, nq, P.D, P.scale);
 }
 
 void attention_bwd(const Problem& P) {
   auto& pool = ajuste::ThreadPool::get();
   const long threads = pool.size();
   const long pairs = (long)P.B * P.Hkv;
-  // One pass over (b, kv head) items does ~5 tile products; two passes do ~7 but split finer.
-  // Use one pass when its load balance (items per thread, rounded up) is at least 75%.
-  bool one_pass = pairs >= threads ? (double)pairs / (threads * ((pairs + threads - 1) / threads)) >= 0.75 : threads == 1;
+  // One pass over (b, kv head) items does 5 tile products and no query reloads per tile; two passes
+  // do 7 (and reload queries per tile) but split finer. Use one pass when its load balance (items
+  // per thread, rounded up) is at least 75%.
+  bool one_pass = (double)pairs / (threads * ((pairs + threads - 1) / threads)) >= 0.75;
   if (const char* f = std::getenv("AJUSTE_ATTN_BWD")) {
     if (std::string(f) == "1pass") one_pass = true;
     if (std::string(f) == "2pass") one_pass = false;
   }
   const int nkb = (P.T + BK - 1) / BK, nqb = (P.T + BQ - 1) / BQ;
-  auto make = [&] { return BwdScratch(P.Dp); };
   if (one_pass) {
-    run_items<BwdScratch>(pairs, make, [&](BwdScratch& W, long it) {
-      const int b = (int)(it / P.Hkv), g = (int)(it % P.Hkv);
-      for (int hh = 0; hh < P.G; hh++)
-        for (int t = 0; t < P.T; t++) std::memset(P.dq + P.qrow(b, t, g * P.G + hh), 0, sizeof(float) * P.D);
-      for (int kb = 0; kb < nkb; kb++) bwd_key_block(P, W, b, g, kb, true);
+    run_items<BwdScratch>(pairs, [&] { return BwdScratch(P.Dp, nkb * BK); }, [&](BwdScratch& W, long it) {
+      bwd_one_pass(P, W, (int)(it / P.Hkv), (int)(it % P.Hkv));
     });
     return;
   }
+  auto make = [&] { return BwdScratch(P.Dp, BK); };
   // Pass 1: dk, dv per (b, g, key block); early key blocks see the most queries, so go first.
   run_items<BwdScratch>(pairs * nkb, make, [&](BwdScratch& W, long it) {
     const int kb = (int)(it / pairs), r = (int)(it % pairs);
-    bwd_key_block(P, W, r / P.Hkv, r % P.Hkv, kb, false);
+    bwd_key_block(P, W, r / P.Hkv, r % P.Hkv, kb);
   });
   // Pass 2: dq per (b, h, query block); late query blocks see the most keys, so go first.
   const long bh = (long)P.B * P.H;
