@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { Linear } from '../src/nn/layers.js';
 import { doraWeightNorm, loraLinear } from '../src/peft/lora-op.js';
 import { add, linear, matmul, mul, scale, sum } from '../src/tensor/ops.js';
 import { backward, noGrad, parameter } from '../src/tensor/autograd.js';
@@ -13,19 +14,19 @@ const r = (...shape: number[]) => randTensor(rng, shape);
 describe('fused LoRA op', () => {
   it('forward equals x W^T + b + s (x A^T) B^T', () => {
     const [x, W, b, A, B] = [r(2, 3, 6), r(5, 6), r(5), r(4, 6), r(5, 4)];
-    const y = noGrad(() => loraLinear(x, { W, bias: b, A, B, scaling: 0.7, dropout: 0, rng: null, magnitude: null }));
+    const y = noGrad(() => loraLinear(x, { base: new Linear(W), bias: b, A, B, scaling: 0.7, dropout: 0, rng: null, magnitude: null }));
     const ref = noGrad(() => add(linear(x, W, b), scale(matmul(matmul(x, A, { transB: true }), B, { transB: true }), 0.7)));
     expectClose(y.f, ref.f, 1e-12, 'lora forward');
   });
   it('gradients of x, A, B and a trainable bias (finite differences)', () => {
     const W = r(5, 6);
-    gradCheck(([x, A, B, b]) => loraLinear(x!, { W, bias: b!, A: A!, B: B!, scaling: 1.3, dropout: 0, rng: null, magnitude: null }), [r(2, 3, 6), r(4, 6), r(5, 4), r(5)]);
+    gradCheck(([x, A, B, b]) => loraLinear(x!, { base: new Linear(W), bias: b!, A: A!, B: B!, scaling: 1.3, dropout: 0, rng: null, magnitude: null }), [r(2, 3, 6), r(4, 6), r(5, 4), r(5)]);
   });
   it('dropout applies to the LoRA branch input only, and gradients match with the same mask', () => {
     const W = r(5, 6);
     const seed = 11;
     const fn = ([x, A, B]: import('../src/tensor/tensor.js').Tensor[]) =>
-      loraLinear(x!, { W, bias: null, A: A!, B: B!, scaling: 2, dropout: 0.3, rng: new Rng(seed), magnitude: null });
+      loraLinear(x!, { base: new Linear(W), bias: null, A: A!, B: B!, scaling: 2, dropout: 0.3, rng: new Rng(seed), magnitude: null });
     gradCheck(fn, [r(3, 6), r(2, 6), r(5, 2)]);
     const [x, A, B] = [r(3, 6), r(2, 6), r(5, 2)];
     const y = noGrad(() => fn([x, A, B]));
@@ -34,17 +35,17 @@ describe('fused LoRA op', () => {
   });
   it('DoRA gradients of x and the magnitude (finite differences)', () => {
     const [W, A, B] = [r(5, 6), r(2, 6), r(5, 2)];
-    gradCheck(([x, m]) => loraLinear(x!, { W, bias: null, A, B, scaling: 0.5, dropout: 0, rng: null, magnitude: m! }), [r(3, 6), r(5)]);
-    gradCheck(([x, m]) => loraLinear(x!, { W, bias: null, A, B, scaling: 0.5, dropout: 0.4, rng: new Rng(5), magnitude: m! }), [r(3, 6), r(5)]);
+    gradCheck(([x, m]) => loraLinear(x!, { base: new Linear(W), bias: null, A, B, scaling: 0.5, dropout: 0, rng: null, magnitude: m! }), [r(3, 6), r(5)]);
+    gradCheck(([x, m]) => loraLinear(x!, { base: new Linear(W), bias: null, A, B, scaling: 0.5, dropout: 0.4, rng: new Rng(5), magnitude: m! }), [r(3, 6), r(5)]);
   });
   it('DoRA gradients of A and B treat the weight norm as a constant (detached, as PEFT)', () => {
     const [W, x, R] = [r(5, 6), r(3, 6), r(3, 5)];
     const A = parameter(r(2, 6), 'A'), B = parameter(r(5, 2), 'B'), m = parameter(r(5), 'm');
     const A2 = parameter(A.clone(), 'A2'), B2 = parameter(B.clone(), 'B2');
     const s = 0.5;
-    backward(sum(mul(loraLinear(x, { W, bias: null, A, B, scaling: s, dropout: 0, rng: null, magnitude: m }), R)));
+    backward(sum(mul(loraLinear(x, { base: new Linear(W), bias: null, A, B, scaling: s, dropout: 0, rng: null, magnitude: m }), R)));
     // Reference: y = c ⊙ (x W^T + s (x A^T) B^T) with c = m / ||W + s B A|| as a constant.
-    const norms = doraWeightNorm(W, A, B, s);
+    const norms = doraWeightNorm(W.f, A, B, s);
     const c = Tensor.from(Float64Array.from(norms, (n, j) => m.f[j]! / n), [5]);
     const y2 = mul(add(linear(x, W), scale(matmul(matmul(x, A2, { transB: true }), B2, { transB: true }), s)), c);
     backward(sum(mul(y2, R)));
@@ -61,7 +62,7 @@ describe('fused LoRA op', () => {
       for (let k = 0; k < 6; k++) s += W.f[j * 6 + k]! ** 2;
       m.f[j] = Math.sqrt(s);
     }
-    const y = noGrad(() => loraLinear(x, { W, bias: null, A, B, scaling: 1, dropout: 0, rng: null, magnitude: m }));
+    const y = noGrad(() => loraLinear(x, { base: new Linear(W), bias: null, A, B, scaling: 1, dropout: 0, rng: null, magnitude: m }));
     expectClose(y.f, noGrad(() => linear(x, W)).f, 1e-12, 'dora identity');
     expect(y.size).toBe(15);
   });

@@ -8,13 +8,15 @@
  * W [out,in] is frozen (f32 or bf16) and never gets a gradient buffer; A [r,in], B [out,r], m [out] train.
  * Only u = drop(x) A^T [rows, r] is kept for backward besides the inputs.
  */
+import type { FrozenWeight } from '../nn/layers.js';
 import { addGradOwned, needsGrad, record } from '../tensor/autograd.js';
-import { gemmBf16For, gemmFor } from '../tensor/ops.js';
+import { gemmFor } from '../tensor/ops.js';
 import type { Rng } from '../tensor/rng.js';
 import { type FloatArray, floatLike, releaseFloat, Tensor } from '../tensor/tensor.js';
 
 export interface LoraOpArgs {
-  W: Tensor;
+  /** The frozen base layer (plain or 4-bit) and its bias (trainable when bias = all / lora_only). */
+  base: FrozenWeight;
   bias: Tensor | null;
   A: Tensor;
   B: Tensor;
@@ -25,40 +27,16 @@ export interface LoraOpArgs {
   magnitude: Tensor | null;
 }
 
-/** out (+)= X · W^T for a frozen W in f32/f64 or bf16. */
-function mulWt(X: FloatArray, rows: number, W: Tensor, out: FloatArray, beta: 0 | 1, alpha = 1): void {
-  const [o, i] = [W.dim(0), W.dim(1)];
-  if (W.dtype === 'bf16') gemmBf16For(X)(false, true, rows, o, i, alpha, X, i, W.data as Uint16Array, i, beta, out, o);
-  else gemmFor(X)(false, true, rows, o, i, alpha, X, i, W.f, i, beta, out, o);
-}
-
-/** out (+)= G · W for a frozen W. */
-function mulW(G: FloatArray, rows: number, W: Tensor, out: FloatArray, beta: 0 | 1): void {
-  const [o, i] = [W.dim(0), W.dim(1)];
-  if (W.dtype === 'bf16') gemmBf16For(G)(false, false, rows, i, o, 1, G, o, W.data as Uint16Array, i, beta, out, i);
-  else gemmFor(G)(false, false, rows, i, o, 1, G, o, W.f, i, beta, out, i);
-}
-
 /** Row norms of W + s·B·A (f64 accumulation), for DoRA. */
-export function doraWeightNorm(W: Tensor, A: Tensor, B: Tensor, s: number): Float64Array {
-  const [o, i] = [W.dim(0), W.dim(1)];
+export function doraWeightNorm(W: FrozenWeight | Float32Array | Float64Array, A: Tensor, B: Tensor, s: number): Float64Array {
   const r = A.dim(0);
+  const [o, i] = [B.dim(0), A.dim(1)];
+  const w = W instanceof Float32Array || W instanceof Float64Array ? W : W.denseWeight();
   const Af = A.f, Bf = B.f;
   const norms = new Float64Array(o);
   const row = new Float64Array(i);
-  const w32 = W.dtype === 'bf16' ? new Float32Array(1) : null;
-  const w32u = w32 ? new Uint32Array(w32.buffer) : null;
   for (let j = 0; j < o; j++) {
-    if (W.dtype === 'bf16') {
-      const w = W.data as Uint16Array;
-      for (let k = 0; k < i; k++) {
-        w32u![0] = w[j * i + k]! << 16;
-        row[k] = w32![0]!;
-      }
-    } else {
-      const w = W.f;
-      for (let k = 0; k < i; k++) row[k] = w[j * i + k]!;
-    }
+    for (let k = 0; k < i; k++) row[k] = w[j * i + k]!;
     for (let q = 0; q < r; q++) {
       const b = s * Bf[j * r + q]!;
       if (b === 0) continue;
@@ -72,10 +50,10 @@ export function doraWeightNorm(W: Tensor, A: Tensor, B: Tensor, s: number): Floa
 }
 
 export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
-  const { W, bias, A, B, scaling: s, magnitude: m } = a;
-  const [outF, inF] = [W.dim(0), W.dim(1)];
+  const { base: W, bias, A, B, scaling: s, magnitude: m } = a;
+  const [outF, inF] = [W.outFeatures, W.inFeatures];
   const r = A.dim(0);
-  if (x.dim(-1) !== inF) throw new Error(`lora: input ${x.describe()} does not match weight ${W.describe()}`);
+  if (x.dim(-1) !== inF) throw new Error(`lora: input ${x.describe()} does not match a [${outF}, ${inF}] weight`);
   const rows = x.size / inF;
   const X = x.f;
   const gemm = gemmFor(X);
@@ -104,7 +82,7 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
   let norms: Float64Array | null = null;
   let baseD: FloatArray | null = null; // Xd W^T when DoRA with dropout
   if (!m) {
-    mulWt(X, rows, W, Y, 0);
+    W.mulWt(X, rows, Y, 0);
     gemm(false, true, rows, outF, r, s, u, r, B.f, r, 1, Y, outF);
   } else {
     norms = doraWeightNorm(W, A, B, s);
@@ -113,10 +91,10 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
     // lora = u B^T (unscaled) into a scratch, then combine per column.
     const lora = floatLike(X, rows * outF, false);
     gemm(false, true, rows, outF, r, 1, u, r, B.f, r, 0, lora, outF);
-    mulWt(X, rows, W, Y, 0);
+    W.mulWt(X, rows, Y, 0);
     if (mask) {
       baseD = floatLike(X, rows * outF, false);
-      mulWt(Xd, rows, W, baseD, 0);
+      W.mulWt(Xd, rows, baseD, 0);
     }
     for (let i = 0; i < rows; i++)
       for (let j = 0; j < outF; j++) {
@@ -172,7 +150,7 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
         const gx = floatLike(g, x.size, false);
         if (!mask) {
           // gx = (c ⊙ g) W + gu A   (c = 1 for plain LoRA)
-          mulW(gl, rows, W, gx, 0);
+          W.mulW(gl, rows, gx, 0);
           gemm(false, false, rows, inF, r, 1, gu, r, A.f, inF, 1, gx, inF);
         } else {
           // gx = g W + mask·keep ⊙ ( ((c-1) ⊙ g) W + gu A )
@@ -181,10 +159,10 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
           if (c) {
             const gc = floatLike(g, g.length, false);
             for (let i = 0; i < rows; i++) for (let j = 0; j < outF; j++) gc[i * outF + j] = g[i * outF + j]! * (c[j]! - 1);
-            mulW(gc, rows, W, branch, 1);
+            W.mulW(gc, rows, branch, 1);
             releaseFloat(gc);
           }
-          mulW(g, rows, W, gx, 0);
+          W.mulW(g, rows, gx, 0);
           for (let k = 0; k < x.size; k++) if (mask[k]) gx[k]! += branch[k]! * keep;
           releaseFloat(branch);
         }

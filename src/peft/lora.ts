@@ -45,7 +45,7 @@ export class LoraLinear extends Module implements LinearLike {
     this.addModule('lora_A', new Linear(A));
     this.addModule('lora_B', new Linear(B));
     if (opts.dora) {
-      const norms = doraWeightNorm(base.weight, A, B, this.scaling);
+      const norms = doraWeightNorm(base, A, B, this.scaling);
       this.params.lora_magnitude_vector = Tensor.from(Float32Array.from(norms), [outF]);
     }
   }
@@ -93,7 +93,7 @@ export class LoraLinear extends Module implements LinearLike {
   forward(x: Tensor): Tensor {
     if (this.merged) return this.base.forward(x);
     return loraLinear(x, {
-      W: this.base.weight,
+      base: this.base,
       bias: this.base.bias,
       A: this.A,
       B: this.B,
@@ -106,13 +106,12 @@ export class LoraLinear extends Module implements LinearLike {
 
   /** The effective weight W + s·B·A (DoRA: rescaled rows), in f32. */
   mergedWeight(): Float32Array {
-    const W = this.original ?? this.base.weight;
-    const [outF, inF] = [W.dim(0), W.dim(1)];
+    const [outF, inF] = [this.outFeatures, this.inFeatures];
+    const src = this.original ? (this.original.dtype === 'bf16' ? bf16ToF32(this.original.data as Uint16Array) : this.original.f) : this.base.denseWeight();
     const out = new Float32Array(outF * inF);
-    const src = W.dtype === 'bf16' ? bf16ToF32(W.data as Uint16Array) : W.f;
     const A = this.A.f, B = this.B.f, r = this.r, s = this.scaling;
     const m = this.magnitude?.f;
-    const norms = m ? doraWeightNorm(W, this.A, this.B, s) : null;
+    const norms = m ? doraWeightNorm(src, this.A, this.B, s) : null;
     const row = new Float64Array(inF);
     for (let j = 0; j < outF; j++) {
       for (let k = 0; k < inF; k++) row[k] = src[j * inF + k]!;
