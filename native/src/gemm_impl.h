@@ -1,0 +1,380 @@
+// One instruction-set flavour of the GEMM engine. gemm.cc includes this file once per flavour, each
+// time inside its own namespace, with AJ_GEMM_AVX2 set to 0 (portable scalar C++) or 1 (AVX2+FMA
+// intrinsics, every function that may hold SIMD code marked AJ_TARGET = target("avx2,fma")).
+// To add a flavour (e.g. AVX-512 with a 6x32 / 12x16 kernel): include this file once more with the
+// kernels written for it, and add the check to pick_isa() in gemm.cc.
+//
+// Uses from gemm.cc: Mat<T>, widen(), Buf, round_up(), ceil_div(), ajuste::ThreadPool.
+//
+// Algorithm (GotoBLAS / BLIS): C[M,N] = alpha * A[M,K] B[K,N] + beta * C, operands given by strides.
+//   for jc in N by NC:                     (B block KC x NC, packed in NR-column panels, lives in L2/L3)
+//     for pc in K by KC:                   (KC balanced over K so the last block is not tiny)
+//       pack B[pc, jc] -> Bp
+//       for ic in M by MC:                 (A block MC x KC, packed in MR-row panels, lives in L2)
+//         pack A[ic, pc] -> Ap
+//         for jr in NC by NR: for ir in MC by MR: micro-kernel MR x NR over kc
+// The first KC block applies beta to C, the later ones add. Threads split M or N (whichever has more
+// micro-tiles) into one contiguous range each; every element of C sees the same sequence of
+// operations whatever the split, so results are bitwise identical for any number of threads.
+
+#ifndef AJ_GEMM_AVX2
+#error "define AJ_GEMM_AVX2 before including gemm_impl.h"
+#endif
+
+#if AJ_GEMM_AVX2
+#define AJ_TARGET __attribute__((target("avx2,fma")))
+#else
+#define AJ_TARGET
+#endif
+
+constexpr int MR_W = 6, NR_W = 16;  // wide kernel: 6 rows x 16 columns, 12 ymm accumulators
+constexpr int MR_S = 12, NR_S = 8;  // skinny kernel (N <= 8): 12 rows x 8 columns, 12 ymm accumulators
+constexpr int KC = 256;             // depth of a packed block: a 16 x 256 B panel is 16 KiB (half of L1)
+constexpr int MC = 144;             // rows of A per packed block: 144 x 256 x 4 = 144 KiB (L2 is 512 KiB)
+constexpr int NC = 2048;            // columns of B per packed block: 256 x 2048 x 4 = 2 MiB (L3)
+static_assert(MC % MR_W == 0 && MC % MR_S == 0, "MC must be a multiple of both MR");
+
+// ------------------------------------------------------------------------------------------------
+// Packing. A panel (MR rows x kc) is stored k-major: out[k * MR + r]; rows past m are zero.
+// A B panel (kc x NR columns) is stored k-major: out[k * NR + j]; columns past n are zero.
+// ------------------------------------------------------------------------------------------------
+template <int MR, typename T>
+AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* __restrict out) {
+  for (int ir = 0; ir < mc; ir += MR, out += (long)MR * kc) {
+    const int m = std::min(MR, mc - ir);
+    const T* base = A.p + (i0 + ir) * A.rs + p0 * A.cs;
+    if (A.rs == 1) {  // op(A) columns are contiguous (transA): copy m values per k
+      for (int k = 0; k < kc; k++) {
+        const T* col = base + (long)k * A.cs;
+        float* o = out + (long)k * MR;
+        if (m == MR) {
+          for (int r = 0; r < MR; r++) o[r] = widen(col[r]);
+        } else {
+          for (int r = 0; r < m; r++) o[r] = widen(col[r]);
+          for (int r = m; r < MR; r++) o[r] = 0.f;
+        }
+      }
+    } else if (A.cs == 1 && m == MR) {  // rows contiguous: MR read streams, one write stream
+      const T* rows[MR];
+      for (int r = 0; r < MR; r++) rows[r] = base + r * A.rs;
+      for (int k = 0; k < kc; k++) {
+        float* o = out + (long)k * MR;
+        for (int r = 0; r < MR; r++) o[r] = widen(rows[r][k]);
+      }
+    } else {
+      for (int k = 0; k < kc; k++) {
+        float* o = out + (long)k * MR;
+        for (int r = 0; r < MR; r++) o[r] = r < m ? widen(base[r * A.rs + (long)k * A.cs]) : 0.f;
+      }
+    }
+  }
+}
+
+template <int NR, typename T>
+AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* __restrict out) {
+  for (int jr = 0; jr < nc; jr += NR, out += (long)NR * kc) {
+    const int n = std::min(NR, nc - jr);
+    const T* base = B.p + p0 * B.rs + (j0 + jr) * B.cs;
+    if (B.cs == 1 && n == NR) {  // rows of op(B) contiguous (no transB): copy NR values per k
+      for (int k = 0; k < kc; k++) {
+        const T* row = base + (long)k * B.rs;
+        float* o = out + (long)k * NR;
+#if AJ_GEMM_AVX2
+        if constexpr (sizeof(T) == 2) {
+          for (int j = 0; j < NR; j += 8) {
+            const __m128i h = _mm_loadu_si128((const __m128i*)(row + j));
+            _mm256_store_ps(o + j, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
+          }
+        } else {
+          for (int j = 0; j < NR; j += 8) _mm256_store_ps(o + j, _mm256_loadu_ps((const float*)(row + j)));
+        }
+#else
+        for (int j = 0; j < NR; j++) o[j] = widen(row[j]);
+#endif
+      }
+    } else if (B.rs == 1) {  // columns of op(B) contiguous (transB): n read streams
+      const T* cols[NR];
+      for (int j = 0; j < NR; j++) cols[j] = base + (j < n ? j : 0) * B.cs;
+      if (n == NR) {
+        for (int k = 0; k < kc; k++) {
+          float* o = out + (long)k * NR;
+          for (int j = 0; j < NR; j++) o[j] = widen(cols[j][k]);
+        }
+      } else {
+        for (int k = 0; k < kc; k++) {
+          float* o = out + (long)k * NR;
+          for (int j = 0; j < NR; j++) o[j] = j < n ? widen(cols[j][k]) : 0.f;
+        }
+      }
+    } else {
+      for (int k = 0; k < kc; k++) {
+        float* o = out + (long)k * NR;
+        for (int j = 0; j < NR; j++) o[j] = j < n ? widen(base[(long)k * B.rs + j * B.cs]) : 0.f;
+      }
+    }
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Micro-kernels: acc[MR x NR] = sum_k a[k*MR + r] * b[k*NR + j], then
+// C[r*rsc + j*csc] = alpha * acc + beta * C for r < m, j < n (beta == 0: C is not read).
+// ------------------------------------------------------------------------------------------------
+template <int MR, int NR>
+inline void store_tile(const float* t, float* c, long rsc, long csc, int m, int n, float alpha, float beta) {
+  for (int r = 0; r < m; r++)
+    for (int j = 0; j < n; j++) {
+      float* p = c + r * rsc + j * csc;
+      const float v = alpha * t[r * NR + j];
+      *p = beta == 0.f ? v : v + beta * *p;
+    }
+}
+
+#if AJ_GEMM_AVX2
+
+#define AJ_FMA2(r)                                 \
+  av = _mm256_broadcast_ss(a + r);                 \
+  c##r##0 = _mm256_fmadd_ps(av, b0, c##r##0);      \
+  c##r##1 = _mm256_fmadd_ps(av, b1, c##r##1);
+
+AJ_TARGET void ukr_w(int kc, const float* __restrict a, const float* __restrict b, float* c, long rsc, long csc,
+                     int m, int n, float alpha, float beta) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00;
+  __m256 c30 = c00, c31 = c00, c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int k = 0; k < kc; k++) {
+    const __m256 b0 = _mm256_load_ps(b), b1 = _mm256_load_ps(b + 8);
+    __m256 av;
+    AJ_FMA2(0) AJ_FMA2(1) AJ_FMA2(2) AJ_FMA2(3) AJ_FMA2(4) AJ_FMA2(5)
+    a += MR_W;
+    b += NR_W;
+  }
+  if (m == MR_W && n == NR_W && csc == 1) {
+    const __m256 va = _mm256_set1_ps(alpha);
+#define AJ_ST(r)                                                                                     \
+  {                                                                                                  \
+    float* p = c + r * rsc;                                                                          \
+    if (beta == 0.f) {                                                                               \
+      _mm256_storeu_ps(p, _mm256_mul_ps(va, c##r##0));                                               \
+      _mm256_storeu_ps(p + 8, _mm256_mul_ps(va, c##r##1));                                           \
+    } else if (beta == 1.f) {                                                                        \
+      _mm256_storeu_ps(p, _mm256_fmadd_ps(va, c##r##0, _mm256_loadu_ps(p)));                         \
+      _mm256_storeu_ps(p + 8, _mm256_fmadd_ps(va, c##r##1, _mm256_loadu_ps(p + 8)));                 \
+    } else {                                                                                         \
+      const __m256 vb = _mm256_set1_ps(beta);                                                        \
+      _mm256_storeu_ps(p, _mm256_fmadd_ps(va, c##r##0, _mm256_mul_ps(vb, _mm256_loadu_ps(p))));      \
+      _mm256_storeu_ps(p + 8, _mm256_fmadd_ps(va, c##r##1, _mm256_mul_ps(vb, _mm256_loadu_ps(p + 8)))); \
+    }                                                                                                \
+  }
+    AJ_ST(0) AJ_ST(1) AJ_ST(2) AJ_ST(3) AJ_ST(4) AJ_ST(5)
+#undef AJ_ST
+    return;
+  }
+  alignas(32) float t[MR_W * NR_W];
+#define AJ_T(r) _mm256_store_ps(t + r * 16, c##r##0); _mm256_store_ps(t + r * 16 + 8, c##r##1);
+  AJ_T(0) AJ_T(1) AJ_T(2) AJ_T(3) AJ_T(4) AJ_T(5)
+#undef AJ_T
+  store_tile<MR_W, NR_W>(t, c, rsc, csc, m, n, alpha, beta);
+}
+#undef AJ_FMA2
+
+#define AJ_FMA1(r)                      \
+  av = _mm256_broadcast_ss(a + r);      \
+  c##r = _mm256_fmadd_ps(av, b0, c##r);
+
+AJ_TARGET void ukr_s(int kc, const float* __restrict a, const float* __restrict b, float* c, long rsc, long csc,
+                     int m, int n, float alpha, float beta) {
+  __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
+  __m256 c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
+  for (int k = 0; k < kc; k++) {
+    const __m256 b0 = _mm256_load_ps(b);
+    __m256 av;
+    AJ_FMA1(0) AJ_FMA1(1) AJ_FMA1(2) AJ_FMA1(3) AJ_FMA1(4) AJ_FMA1(5)
+    AJ_FMA1(6) AJ_FMA1(7) AJ_FMA1(8) AJ_FMA1(9) AJ_FMA1(10) AJ_FMA1(11)
+    a += MR_S;
+    b += NR_S;
+  }
+  if (m == MR_S && n == NR_S && csc == 1) {
+    const __m256 va = _mm256_set1_ps(alpha);
+    const __m256 vb = _mm256_set1_ps(beta);
+#define AJ_ST(r)                                                                               \
+  {                                                                                            \
+    float* p = c + r * rsc;                                                                    \
+    if (beta == 0.f) _mm256_storeu_ps(p, _mm256_mul_ps(va, c##r));                             \
+    else if (beta == 1.f) _mm256_storeu_ps(p, _mm256_fmadd_ps(va, c##r, _mm256_loadu_ps(p)));  \
+    else _mm256_storeu_ps(p, _mm256_fmadd_ps(va, c##r, _mm256_mul_ps(vb, _mm256_loadu_ps(p)))); \
+  }
+    AJ_ST(0) AJ_ST(1) AJ_ST(2) AJ_ST(3) AJ_ST(4) AJ_ST(5)
+    AJ_ST(6) AJ_ST(7) AJ_ST(8) AJ_ST(9) AJ_ST(10) AJ_ST(11)
+#undef AJ_ST
+    return;
+  }
+  alignas(32) float t[MR_S * NR_S];
+#define AJ_T(r) _mm256_store_ps(t + r * 8, c##r);
+  AJ_T(0) AJ_T(1) AJ_T(2) AJ_T(3) AJ_T(4) AJ_T(5) AJ_T(6) AJ_T(7) AJ_T(8) AJ_T(9) AJ_T(10) AJ_T(11)
+#undef AJ_T
+  store_tile<MR_S, NR_S>(t, c, rsc, csc, m, n, alpha, beta);
+}
+#undef AJ_FMA1
+
+// Peak FMA throughput of one thread: 12 independent chains of vfmadd (2 pipes x 4-6 cycles latency).
+AJ_TARGET double fma_loop(double seconds) {
+  __m256 x[12];
+  for (int i = 0; i < 12; i++) x[i] = _mm256_set1_ps(1.0f + i * 1e-3f);
+  const __m256 m = _mm256_set1_ps(0.999999f), d = _mm256_set1_ps(1e-6f);
+  __m256 x0 = x[0], x1 = x[1], x2 = x[2], x3 = x[3], x4 = x[4], x5 = x[5];
+  __m256 x6 = x[6], x7 = x[7], x8 = x[8], x9 = x[9], x10 = x[10], x11 = x[11];
+  const auto t0 = std::chrono::steady_clock::now();
+  double fmas = 0, elapsed = 0;
+  do {
+    for (int it = 0; it < 4096; it++) {
+      x0 = _mm256_fmadd_ps(x0, m, d); x1 = _mm256_fmadd_ps(x1, m, d); x2 = _mm256_fmadd_ps(x2, m, d);
+      x3 = _mm256_fmadd_ps(x3, m, d); x4 = _mm256_fmadd_ps(x4, m, d); x5 = _mm256_fmadd_ps(x5, m, d);
+      x6 = _mm256_fmadd_ps(x6, m, d); x7 = _mm256_fmadd_ps(x7, m, d); x8 = _mm256_fmadd_ps(x8, m, d);
+      x9 = _mm256_fmadd_ps(x9, m, d); x10 = _mm256_fmadd_ps(x10, m, d); x11 = _mm256_fmadd_ps(x11, m, d);
+      __asm__ volatile("" : "+x"(x0), "+x"(x1), "+x"(x2), "+x"(x3), "+x"(x4), "+x"(x5));
+      __asm__ volatile("" : "+x"(x6), "+x"(x7), "+x"(x8), "+x"(x9), "+x"(x10), "+x"(x11));
+    }
+    fmas += 4096.0 * 12 * 8;
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  return 2.0 * fmas / elapsed / 1e9;
+}
+
+#else  // portable scalar kernels
+
+template <int MR, int NR>
+void ukr_generic(int kc, const float* __restrict a, const float* __restrict b, float* c, long rsc, long csc, int m,
+                 int n, float alpha, float beta) {
+  float t[MR * NR] = {};
+  for (int k = 0; k < kc; k++, a += MR, b += NR)
+    for (int r = 0; r < MR; r++) {
+      const float av = a[r];
+      for (int j = 0; j < NR; j++) t[r * NR + j] += av * b[j];
+    }
+  store_tile<MR, NR>(t, c, rsc, csc, m, n, alpha, beta);
+}
+inline void ukr_w(int kc, const float* a, const float* b, float* c, long rsc, long csc, int m, int n, float alpha,
+                  float beta) {
+  ukr_generic<MR_W, NR_W>(kc, a, b, c, rsc, csc, m, n, alpha, beta);
+}
+inline void ukr_s(int kc, const float* a, const float* b, float* c, long rsc, long csc, int m, int n, float alpha,
+                  float beta) {
+  ukr_generic<MR_S, NR_S>(kc, a, b, c, rsc, csc, m, n, alpha, beta);
+}
+
+inline double fma_loop(double seconds) {
+  volatile float sink = 0;
+  float x[8] = {1, 1.1f, 1.2f, 1.3f, 1.4f, 1.5f, 1.6f, 1.7f};
+  const auto t0 = std::chrono::steady_clock::now();
+  double flops = 0, elapsed = 0;
+  do {
+    for (int it = 0; it < 1 << 16; it++)
+      for (int i = 0; i < 8; i++) x[i] = x[i] * 0.999999f + 1e-6f;
+    flops += 2.0 * 8 * (1 << 16);
+    elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  } while (elapsed < seconds);
+  for (float v : x) sink = sink + v;
+  return flops / elapsed / 1e9;
+}
+
+#endif
+
+// ------------------------------------------------------------------------------------------------
+// Small problems: no packing, no threads. Row i of C accumulates in acc[N] over k (f32).
+// ------------------------------------------------------------------------------------------------
+template <typename TB>
+AJ_TARGET void small_gemm(int M, int N, int K, float alpha, const Mat<float>& A, const Mat<TB>& B, float beta,
+                          float* C, long ldc, float* __restrict acc) {
+  for (int i = 0; i < M; i++) {
+    for (int j = 0; j < N; j++) acc[j] = 0.f;
+    for (int k = 0; k < K; k++) {
+      const float av = A.p[i * A.rs + k * A.cs];
+      if (B.cs == 1) {
+        const TB* row = B.p + k * B.rs;
+        for (int j = 0; j < N; j++) acc[j] += av * widen(row[j]);
+      } else {
+        const TB* col = B.p + k * B.rs;
+        for (int j = 0; j < N; j++) acc[j] += av * widen(col[j * B.cs]);
+      }
+    }
+    float* c = C + i * ldc;
+    if (beta == 0.f)
+      for (int j = 0; j < N; j++) c[j] = alpha * acc[j];
+    else
+      for (int j = 0; j < N; j++) c[j] = alpha * acc[j] + beta * c[j];
+  }
+}
+
+// ------------------------------------------------------------------------------------------------
+// Driver
+// ------------------------------------------------------------------------------------------------
+template <int MR, int NR, typename TA, typename TB>
+void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>& B, float beta, float* C, long rsc,
+               long csc, int m0, int m1, int n0, int n1) {
+  (void)M;
+  (void)N;
+  static thread_local Buf abuf, bbuf;
+  const int kb = ceil_div(K, KC);
+  const int kc_step = ceil_div(K, kb);  // depends on K only: same blocks (and sums) on every thread
+  const int mb = ceil_div(m1 - m0, MC);
+  const int mc_step = round_up(ceil_div(m1 - m0, mb), MR);
+  float* Bp = bbuf.get((size_t)kc_step * round_up(std::min(NC, n1 - n0), NR));
+  float* Ap = abuf.get((size_t)kc_step * mc_step);
+  for (int jc = n0; jc < n1; jc += NC) {
+    const int nc = std::min(NC, n1 - jc);
+    for (int pc = 0; pc < K; pc += kc_step) {
+      const int kc = std::min(kc_step, K - pc);
+      const float be = pc == 0 ? beta : 1.f;
+      pack_b<NR, TB>(B, pc, kc, jc, nc, Bp);
+      for (int ic = m0; ic < m1; ic += mc_step) {
+        const int mc = std::min(mc_step, m1 - ic);
+        pack_a<MR, TA>(A, ic, mc, pc, kc, Ap);
+        for (int jr = 0; jr < nc; jr += NR) {
+          const int n = std::min(NR, nc - jr);
+          const float* bp = Bp + (long)jr * kc;
+          float* cc = C + (long)(jc + jr) * csc;
+          for (int ir = 0; ir < mc; ir += MR) {
+            const int m = std::min(MR, mc - ir);
+            if constexpr (MR == MR_W)
+              ukr_w(kc, Ap + (long)ir * kc, bp, cc + (long)(ic + ir) * rsc, rsc, csc, m, n, alpha, be);
+            else
+              ukr_s(kc, Ap + (long)ir * kc, bp, cc + (long)(ic + ir) * rsc, rsc, csc, m, n, alpha, be);
+          }
+        }
+      }
+    }
+  }
+}
+
+// Splits the work over the pool: M or N ranges aligned to the micro-tile, whichever has more tiles.
+template <int MR, int NR, typename TA, typename TB>
+void run_threads(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>& B, float beta, float* C,
+                 long rsc, long csc) {
+  auto& pool = ajuste::ThreadPool::get();
+  const double flops = 2.0 * M * N * K;
+  const long mu = ceil_div(M, MR), nu = ceil_div(N, NR);
+  if (pool.size() <= 1 || flops < 4e6 || std::max(mu, nu) < 2) {
+    run_range<MR, NR>(M, N, K, alpha, A, B, beta, C, rsc, csc, 0, M, 0, N);
+    return;
+  }
+  if (nu >= mu) {
+    pool.parallel_for(nu, [&](long b, long e, int) {
+      run_range<MR, NR>(M, N, K, alpha, A, B, beta, C, rsc, csc, 0, M, (int)(b * NR), (int)std::min<long>(N, e * NR));
+    });
+  } else {
+    pool.parallel_for(mu, [&](long b, long e, int) {
+      run_range<MR, NR>(M, N, K, alpha, A, B, beta, C, rsc, csc, (int)(b * MR), (int)std::min<long>(M, e * MR), 0, N);
+    });
+  }
+}
+
+// C (rsc, csc) = alpha * A B + beta * C with M, N, K > 0. N <= 8 takes the 12x8 kernel.
+template <typename TA, typename TB>
+void run(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>& B, float beta, float* C, long rsc,
+         long csc) {
+  if (N <= NR_S)
+    run_threads<MR_S, NR_S>(M, N, K, alpha, A, B, beta, C, rsc, csc);
+  else
+    run_threads<MR_W, NR_W>(M, N, K, alpha, A, B, beta, C, rsc, csc);
+}
+
+#undef AJ_TARGET
