@@ -66,6 +66,11 @@ const CASES: Case[] = [
   // odd N*K (a padded low nibble, a partial last block), one row, FP4 table
   { M: 1, N: 3, K: 7, bs: 32, transB: true, quantType: 'fp4' },
   { M: 2, N: 7, K: 3, bs: 32, transB: false, quantType: 'fp4', beta: 2 },
+  // few rows (the gemv path: M <= 4), a block straddling rows, strides
+  { M: 1, N: 200, K: 300, bs: 64, transB: true },
+  { M: 4, N: 200, K: 300, bs: 64, transB: false, beta: 0.5, ldc: 203 },
+  { M: 3, N: 1100, K: 70, bs: 32, transB: false, alpha: 1.5, lda: 75 },
+  { M: 2, N: 45, K: 530, bs: 256, transB: true, beta: 1, ldc: 50 },
   // many rows (the row split across threads) and a large block size
   { M: 70, N: 40, K: 4100, bs: 4096, transB: true },
   { M: 70, N: 40, K: 4100, bs: 4096, transB: false },

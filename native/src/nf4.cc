@@ -64,31 +64,71 @@ inline void DecodeRun(const Weight& w, long flat, long len, float* dst, long str
   }
 }
 
+// AVX2 version of DecodeRun for contiguous output (stride 1): 8 values per step from 4 packed bytes,
+// nibbles looked up in the 16-entry table with two 8-lane permutes and a blend on bit 3.
+__attribute__((target("avx2,fma"))) void DecodeRunAvx2(const Weight& w, long flat, long len, float* dst) {
+  const __m256 codeLo = _mm256_loadu_ps(w.code), codeHi = _mm256_loadu_ps(w.code + 8);
+  const __m256i shifts = _mm256_setr_epi32(4, 0, 12, 8, 20, 16, 28, 24);
+  const __m256i fifteen = _mm256_set1_epi32(15);
+  long i = 0;
+  while (i < len) {
+    const long block = (flat + i) / w.blocksize;
+    const long end = std::min(len, (block + 1) * w.blocksize - flat);
+    const float s = w.absmax[block];
+    const __m256 vs = _mm256_set1_ps(s);
+    if ((flat + i) & 1) {  // odd start: the low nibble of a byte
+      dst[i] = w.code[w.packed[(flat + i) >> 1] & 15] * s;
+      i++;
+    }
+    for (; i + 8 <= end; i += 8) {
+      uint32_t word;
+      std::memcpy(&word, w.packed + ((flat + i) >> 1), 4);
+      const __m256i nib = _mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32((int)word), shifts), fifteen);
+      const __m256 lo = _mm256_permutevar8x32_ps(codeLo, nib);
+      const __m256 hi = _mm256_permutevar8x32_ps(codeHi, nib);
+      const __m256 v = _mm256_blendv_ps(lo, hi, _mm256_castsi256_ps(_mm256_slli_epi32(nib, 28)));
+      _mm256_storeu_ps(dst + i, _mm256_mul_ps(v, vs));
+    }
+    for (; i < end; i++) {
+      const long e = flat + i;
+      const uint8_t b = w.packed[e >> 1];
+      dst[i] = w.code[(e & 1) ? (b & 15) : (b >> 4)] * s;
+    }
+  }
+}
+
 // Fills the panel for columns [n0, n1) and k in [k0, k0+kc): strip s holds columns n0+16s.. as
-// panel[s*KC*16 + kk*16 + j] = op(W)[k0+kk][n0+16s+j], zero past n1.
-void DecodePanel(const Weight& w, bool transB, long N, long K, long n0, long n1, long k0, long kc, float* panel) {
+// panel[s*KC*16 + kk*16 + j] = op(W)[k0+kk][n0+16s+j], zero past n1. `row` is scratch of KC floats.
+void DecodePanel(const Weight& w, bool avx2, bool transB, long N, long K, long n0, long n1, long k0, long kc,
+                 float* panel, float* row) {
   const long cols = n1 - n0;
   const long strips = (cols + NR - 1) / NR;
-  const long padded = strips * NR;
-  if (padded != cols) {
-    for (long s = 0; s < strips; s++)
-      for (long kk = 0; kk < kc; kk++)
-        for (long j = cols - s * NR; j < NR; j++)
-          if (j >= 0) panel[s * KC * NR + kk * NR + j] = 0.f;
+  const long tail = cols - (strips - 1) * NR;  // columns used in the last strip
+  if (tail != NR) {
+    float* last = panel + (strips - 1) * KC * NR;
+    for (long kk = 0; kk < kc; kk++) std::fill(last + kk * NR + tail, last + kk * NR + NR, 0.f);
   }
   if (transB) {
     // W [N,K]: column n of op(W) is row n of W, contiguous along k.
     for (long c = 0; c < cols; c++) {
-      long s = c / NR, j = c % NR;
-      DecodeRun(w, (n0 + c) * K + k0, kc, panel + s * KC * NR + j, NR);
+      float* dst = panel + (c / NR) * KC * NR + (c % NR);
+      const long flat = (n0 + c) * K + k0;
+      if (avx2) {
+        DecodeRunAvx2(w, flat, kc, row);
+        for (long kk = 0; kk < kc; kk++) dst[kk * NR] = row[kk];
+      } else {
+        DecodeRun(w, flat, kc, dst, NR);
+      }
     }
   } else {
     // W [K,N]: row k of op(W) is row k of W, contiguous along n.
     for (long kk = 0; kk < kc; kk++) {
-      long flat = (k0 + kk) * N + n0;
+      const long flat = (k0 + kk) * N + n0;
       for (long s = 0; s < strips; s++) {
-        long len = std::min<long>(NR, cols - s * NR);
-        DecodeRun(w, flat + s * NR, len, panel + s * KC * NR + kk * NR, 1);
+        const long len = std::min<long>(NR, cols - s * NR);
+        float* dst = panel + s * KC * NR + kk * NR;
+        if (avx2) DecodeRunAvx2(w, flat + s * NR, len, dst);
+        else DecodeRun(w, flat + s * NR, len, dst, 1);
       }
     }
   }
@@ -203,9 +243,82 @@ bool CpuHasAvx2Fma() {
   return has;
 }
 
+// Few rows (token-by-token generation): no panels; each W row is decoded once, in KC-long segments, and
+// used by all M rows while it is in L1. transB: dot products along k; !transB: axpy into C along n.
+constexpr long kGemvMaxRows = 4;
+constexpr long kGemvCols = 512;  // C columns per task when !transB
+
+__attribute__((target("avx2,fma"))) float DotAvx2(const float* a, const float* b, long n) {
+  __m256 s0 = _mm256_setzero_ps(), s1 = s0;
+  long i = 0;
+  for (; i + 16 <= n; i += 16) {
+    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  }
+  for (; i + 8 <= n; i += 8) s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
+  s0 = _mm256_add_ps(s0, s1);
+  alignas(32) float t[8];
+  _mm256_store_ps(t, s0);
+  float r = ((t[0] + t[1]) + (t[2] + t[3])) + ((t[4] + t[5]) + (t[6] + t[7]));
+  for (; i < n; i++) r += a[i] * b[i];
+  return r;
+}
+
+__attribute__((target("avx2,fma"))) void AxpyAvx2(float a, const float* x, float* y, long n) {
+  const __m256 va = _mm256_set1_ps(a);
+  long i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(va, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; i < n; i++) y[i] += a * x[i];
+}
+
+void GemvNf4Avx2(bool transB, long M, long N, long K, float alpha, const float* A, long lda, const Weight& w,
+                 float beta, float* C, long ldc) {
+  if (transB) {
+    // C[m,n] = beta*C + alpha * sum_k A[m,k] W[n,k]
+    ajuste::ThreadPool::get().parallel_for(N, [&](long nb, long ne, int) {
+      alignas(32) float row[KC];
+      for (long n = nb; n < ne; n++) {
+        float acc[kGemvMaxRows] = {0.f, 0.f, 0.f, 0.f};
+        for (long k0 = 0; k0 < K; k0 += KC) {
+          const long kc = std::min<long>(KC, K - k0);
+          DecodeRunAvx2(w, n * K + k0, kc, row);
+          for (long m = 0; m < M; m++) acc[m] += DotAvx2(A + m * lda + k0, row, kc);
+        }
+        for (long m = 0; m < M; m++) {
+          float& c = C[m * ldc + n];
+          c = (beta == 0.f ? 0.f : beta * c) + alpha * acc[m];
+        }
+      }
+    }, 16);
+  } else {
+    // C[m,n] = beta*C + alpha * sum_k A[m,k] W[k,n]
+    const long chunks = (N + kGemvCols - 1) / kGemvCols;
+    ajuste::ThreadPool::get().parallel_for(chunks, [&](long cb, long ce, int) {
+      alignas(32) float buf[kGemvCols];
+      for (long ch = cb; ch < ce; ch++) {
+        const long n0 = ch * kGemvCols, len = std::min(N - n0, kGemvCols);
+        for (long m = 0; m < M; m++) {
+          float* c = C + m * ldc + n0;
+          if (beta == 0.f) std::fill(c, c + len, 0.f);
+          else if (beta != 1.f) for (long j = 0; j < len; j++) c[j] *= beta;
+        }
+        for (long k = 0; k < K; k++) {
+          DecodeRunAvx2(w, k * N + n0, len, buf);
+          for (long m = 0; m < M; m++) AxpyAvx2(alpha * A[m * lda + k], buf, C + m * ldc + n0, len);
+        }
+      }
+    });
+  }
+}
+
 void GemmNf4Impl(bool transB, long M, long N, long K, float alpha, const float* A, long lda, const Weight& w,
                  float beta, float* C, long ldc) {
-  const Kernels kern = SelectKernels(CpuHasAvx2Fma());
+  const bool avx2 = CpuHasAvx2Fma();
+  if (avx2 && M <= kGemvMaxRows && K > 0 && alpha != 0.f) {
+    GemvNf4Avx2(transB, M, N, K, alpha, A, lda, w, beta, C, ldc);
+    return;
+  }
+  const Kernels kern = SelectKernels(avx2);
   const long nChunks = (N + NC - 1) / NC;
   const int threads = ajuste::ThreadPool::get().size();
   // Split rows too when there are too few column chunks to keep every thread busy (each row chunk
@@ -218,8 +331,9 @@ void GemmNf4Impl(bool transB, long M, long N, long K, float alpha, const float* 
   const long tasks = nChunks * mChunks;
 
   ajuste::ThreadPool::get().parallel_for(tasks, [&](long tb, long te, int) {
-    std::vector<float> buf(KC * NC + 8);
+    std::vector<float> buf(KC * NC + KC + 8);
     float* panel = reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(buf.data()) + 31) & ~uintptr_t(31));
+    float* row = panel + KC * NC;
     for (long t = tb; t < te; t++) {
       const long nc = t % nChunks, mc = t / nChunks;
       const long n0 = nc * NC, n1 = std::min(N, n0 + NC);
@@ -234,7 +348,7 @@ void GemmNf4Impl(bool transB, long M, long N, long K, float alpha, const float* 
       const long strips = (n1 - n0 + NR - 1) / NR;
       for (long k0 = 0; k0 < K; k0 += KC) {
         const long kc = std::min<long>(KC, K - k0);
-        DecodePanel(w, transB, N, K, n0, n1, k0, kc, panel);
+        DecodePanel(w, avx2, transB, N, K, n0, n1, k0, kc, panel, row);
         for (long i = m0; i < m1; i += MR) {
           const int mr = (int)std::min<long>(MR, m1 - i);
           for (long s = 0; s < strips; s++) {
