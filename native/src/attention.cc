@@ -245,8 +245,8 @@ struct Problem {
   const int32_t* seg;
   int B, T, H, Hkv, D, G, Dp;
   float scale;
-  size_t qrow(int b, int t, int h) const { return ((size_t)(b * T + t) * H + h) * D; }
-  size_t kvrow(int b, int t, int g) const { return ((size_t)(b * T + t) * Hkv + g) * D; }
+  size_t qrow(int b, int t, int h) const { return (((size_t)b * T + t) * H + h) * D; }
+  size_t kvrow(int b, int t, int g) const { return (((size_t)b * T + t) * Hkv + g) * D; }
 };
 
 // dst [round4(n), Dp] <- alpha * rows src[r*stride .. +D] for r < n, zero padding elsewhere.
@@ -322,14 +322,19 @@ void apply_mask(float* S, int nq, int nk, const uint8_t* mask, bool full) {
     for (int i = 0; i < BQ; i++) S[j * BQ + i] = NEG_INF;
 }
 
-// Runs fn(scratch, item) for items [0, n) handed out dynamically over the pool.
+// Runs fn(scratch, item) for items [0, n) handed out dynamically over the pool. Scratch is
+// allocated here, on the calling thread, so running out of memory is a catchable exception.
 template <class Scratch, class MakeScratch, class Fn>
 void run_items(long n, MakeScratch make, Fn fn) {
   auto& pool = ajuste::ThreadPool::get();
   std::atomic<long> next{0};
-  const long workers = std::min<long>(pool.size(), n);
-  pool.parallel_for(workers, [&](long, long, int) {
-    Scratch W = make();
+  const long workers = std::max<long>(1, std::min<long>(pool.size(), n));
+  std::vector<Scratch> scratch;
+  scratch.reserve(workers);
+  for (long w = 0; w < workers; w++) scratch.push_back(make());
+  // One chunk per worker: chunk `begin` is that worker's scratch (0 when run inline).
+  pool.parallel_for(workers, [&](long begin, long, int) {
+    Scratch& W = scratch[begin];
     for (long it; (it = next.fetch_add(1)) < n;) fn(W, it);
   });
 }
@@ -598,8 +603,7 @@ void shape_args(const Napi::CallbackInfo& info, int first, const char* fn, Probl
   if (P.H % P.Hkv != 0)
     throw ArgError{std::string(fn) + ": H=" + std::to_string(P.H) + " is not a multiple of Hkv=" + std::to_string(P.Hkv)};
   if (P.D > 4096) throw ArgError{std::string(fn) + ": head dimension D=" + std::to_string(P.D) + " is larger than 4096"};
-  const double total = (double)P.B * P.T * P.H * P.D;
-  if (total > 4e9) throw ArgError{std::string(fn) + ": B*T*H*D is too large"};
+  if ((double)P.H * P.D > 1e9) throw ArgError{std::string(fn) + ": H*D is too large"};
   P.G = P.H / P.Hkv;
   P.Dp = round_up(P.D, 16);
   const Napi::Value sc = info[first + 5];
