@@ -80,7 +80,9 @@ describe('LoRA training step parity with PyTorch + PEFT maths', () => {
     loadAdapter(dir, fresh);
     expectClose(logitsOf(fresh), adapterLogits, 1e-6, 'reloaded adapter');
     setMerged(fresh, true);
-    expectClose(logitsOf(fresh), adapterLogits, 1e-5, 'merged in place');
+    // f32 summation order differs between W' = W + sBA and the two-path forward; PyTorch's own merged and
+    // unmerged logits differ by 1.05e-5 on this fixture (tools/fixtures/README.md).
+    expectClose(logitsOf(fresh), adapterLogits, 2e-5, 'merged in place');
     const base = loadModelFolder(MODEL).model;
     setMerged(fresh, false);
     expectClose(logitsOf(fresh), adapterLogits, 1e-6, 'unmerged');

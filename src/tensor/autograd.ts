@@ -163,7 +163,8 @@ function runBackward(end: number, start: number): void {
  */
 export function checkpoint(x: Tensor, fn: (x: Tensor) => Tensor, beforeRecompute?: () => void): Tensor {
   if (!gradEnabled) return fn(x);
-  const out = noGrad(() => fn(x));
+  // Inside a scope, so the layer's intermediates are freed right away; only its output is kept.
+  const out = scope(() => noGrad(() => fn(x)));
   record('checkpoint', [x, ...[]], out, (g) => {
     beforeRecompute?.();
     const start = tape.length;

@@ -6,7 +6,7 @@
 import { gemm as jsGemm, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
 import { kernels } from '../kernels/index.js';
 import { addGrad, addGradOwned, needsGrad, record } from './autograd.js';
-import { type FloatArray, floatLike, numel, Tensor } from './tensor.js';
+import { type FloatArray, floatLike, numel, releaseFloat, Tensor } from './tensor.js';
 
 type Gemm = (
   tA: boolean, tB: boolean, M: number, N: number, K: number, alpha: number,
@@ -108,7 +108,9 @@ function binary(
           for (let k = 0; k < n; k++) ga[k] = g[k]! * y[ib ? ib[k]! : k]!;
         }
         const r = reduceTo(ga, ia, a.size);
-        addGrad(a, r);
+        if (r !== ga && ga !== g) releaseFloat(ga);
+        if (r === g) addGrad(a, r);
+        else addGradOwned(a, r);
       }
       if (b.requiresGrad) {
         let gb: FloatArray = g;
@@ -119,7 +121,10 @@ function binary(
           gb = floatLike(g, n, false);
           for (let k = 0; k < n; k++) gb[k] = -g[k]!;
         }
-        addGrad(b, reduceTo(gb, ib, b.size));
+        const r = reduceTo(gb, ib, b.size);
+        if (r !== gb && gb !== g) releaseFloat(gb);
+        if (r === g) addGrad(b, r);
+        else addGradOwned(b, r);
       }
     });
   }

@@ -1,5 +1,5 @@
 /** Splitting and joining along the last axis (differentiable). */
-import { addGrad, needsGrad, record } from './autograd.js';
+import { addGradOwned, needsGrad, record } from './autograd.js';
 import { floatLike, Tensor } from './tensor.js';
 
 /** Splits x [..., sum(sizes)] into tensors [..., sizes[i]] (copies). */
@@ -20,7 +20,7 @@ export function splitLast(x: Tensor, sizes: number[]): Tensor[] {
       record('splitLast', [x], out, (g) => {
         const gx = floatLike(g, x.size);
         for (let r = 0; r < rows; r++) gx.set(g.subarray(r * n, (r + 1) * n), r * D + o);
-        addGrad(x, gx);
+        addGradOwned(x, gx);
       });
     }
     return out;
@@ -51,7 +51,7 @@ export function concatLast(xs: Tensor[]): Tensor {
         const n = sizes[i]!, o = offs[i]!;
         const gx = floatLike(g, x.size, false);
         for (let r = 0; r < rows; r++) gx.set(g.subarray(r * D + o, r * D + o + n), r * n);
-        addGrad(x, gx);
+        addGradOwned(x, gx);
       });
     });
   }

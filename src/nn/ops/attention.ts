@@ -3,7 +3,7 @@ import { jsKernels } from '../../kernels/js/index.js';
 import { kernels } from '../../kernels/index.js';
 import type { Kernels } from '../../kernels/backend.js';
 import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
-import { floatLike, Tensor } from '../../tensor/tensor.js';
+import { floatLike, releaseFloat, Tensor } from '../../tensor/tensor.js';
 
 export interface AttentionShape {
   B: number;
@@ -39,8 +39,8 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, s: AttentionShape): T
       addGradOwned(q, dq);
       addGradOwned(k, dk);
       addGradOwned(v, dv);
-    });
-  }
+    }, () => releaseFloat(lse));
+  } else releaseFloat(lse);
   return out;
 }
 

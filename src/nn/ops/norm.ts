@@ -1,6 +1,6 @@
 /** RMSNorm and LayerNorm over the last axis, forward and backward side by side. */
 import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
-import { type FloatArray, floatLike, Tensor } from '../../tensor/tensor.js';
+import { type FloatArray, floatLike, releaseFloat, Tensor } from '../../tensor/tensor.js';
 
 /** y = x / sqrt(mean(x^2) + eps) * w  (Llama's RMSNorm; the normalisation is computed in f32 or f64). */
 export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
@@ -35,8 +35,8 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
       }
       if (gx) addGradOwned(x, gx);
       if (gw) addGradOwned(w, gw);
-    });
-  }
+    }, () => releaseFloat(rstd));
+  } else releaseFloat(rstd);
   return out;
 }
 
@@ -86,7 +86,13 @@ export function layerNorm(x: Tensor, w: Tensor, b: Tensor | null, eps: number): 
       if (gx) addGradOwned(x, gx);
       if (gw) addGradOwned(w, gw);
       if (gb && b) addGradOwned(b, gb);
+    }, () => {
+      releaseFloat(rstd);
+      releaseFloat(mu);
     });
+  } else {
+    releaseFloat(rstd);
+    releaseFloat(mu);
   }
   return out;
 }
