@@ -9,9 +9,11 @@
 // A transposed. Scores never exist beyond one tile.
 //   forward : items (b, h, query block), online softmax over the key blocks.
 //   backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - Di), dV += P^T dO, dK += scale dS^T Q,
-//             dQ += scale dS K (scores, P and dS are held transposed: keys as rows). Either one pass over items (b, kv head) that own their dq/dk/dv rows,
-//             or (when there are too few such items for the threads) two passes: (b, kv head, key
-//             block) for dk/dv, then (b, h, query block) for dq.
+//             dQ += scale dS K (scores, P and dS are held transposed: keys as rows). Either one
+//             pass over items (b, kv head) that own their dq/dk/dv rows, or (when there are too
+//             few such items for the threads) two passes: (b, kv head, key block) for dk/dv, then
+//             (b, h, query block) for dq. AJUSTE_ATTN_BWD=1pass|2pass forces one (tests use it).
+// AJUSTE_ISA=scalar forces the scalar loops.
 // Items are handed out dynamically (largest first) by an atomic counter over the thread pool.
 #include <napi.h>
 
@@ -249,15 +251,14 @@ struct Problem {
   size_t kvrow(int b, int t, int g) const { return (((size_t)b * T + t) * Hkv + g) * D; }
 };
 
-// dst [round4(n), Dp] <- alpha * rows src[r*stride .. +D] for r < n, zero padding elsewhere.
-void load_rows(float* dst, int Dp, const float* src, size_t stride, int n, int D, float alpha) {
+// dst [round4(n), Dp] <- rows src[r*stride .. +D] for r < n, zero padding elsewhere.
+void load_rows(float* dst, int Dp, const float* src, size_t stride, int n, int D) {
   const int np = round_up(n, 4);
   for (int r = 0; r < np; r++) {
     float* d = dst + (size_t)r * Dp;
     if (r < n) {
       const float* s = src + r * stride;
-      if (alpha == 1.f) std::memcpy(d, s, sizeof(float) * D);
-      else for (int c = 0; c < D; c++) d[c] = alpha * s[c];
+      std::memcpy(d, s, sizeof(float) * D);
       for (int c = D; c < Dp; c++) d[c] = 0;
     } else {
       std::memset(d, 0, sizeof(float) * Dp);
@@ -273,7 +274,7 @@ struct Rows {
 };
 Rows rows_view(float* scratch, int Dp, const float* src, size_t stride, int n, int D) {
   if (D == Dp && n % 4 == 0) return {src, (int)stride};
-  load_rows(scratch, Dp, src, stride, n, D, 1.f);
+  load_rows(scratch, Dp, src, stride, n, D);
   return {scratch, Dp};
 }
 
