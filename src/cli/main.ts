@@ -7,13 +7,27 @@
 import { readFileSync } from 'node:fs';
 import { Command } from 'commander';
 import * as configCommand from './commands/config.js';
+import * as demoCommand from './commands/demo.js';
+import * as evalCommand from './commands/eval.js';
+import * as generateCommand from './commands/generate.js';
+import * as mergeCommand from './commands/merge.js';
+import * as tokenizerCommand from './commands/tokenizer.js';
 import * as memoryCommand from './commands/memory.js';
 import * as trainCommand from './commands/train.js';
 import { resetAbortController } from './context.js';
 import { EXIT_INTERRUPTED, formatError } from './errors.js';
 import { colorEnabled, createStyle } from './style.js';
 
-const COMMANDS: { register(program: Command): void }[] = [trainCommand, configCommand, memoryCommand];
+const COMMANDS: { register(program: Command): void }[] = [
+  demoCommand,
+  trainCommand,
+  generateCommand,
+  evalCommand,
+  mergeCommand,
+  memoryCommand,
+  tokenizerCommand,
+  configCommand,
+];
 
 function packageVersion(): string {
   // src/cli/main.ts and dist/cli/main.js are both two levels below package.json.

@@ -8,6 +8,7 @@
  *     clip; optimizer.step; log / eval / checkpoint
  */
 import { readFileSync } from 'node:fs';
+import { UserError } from '../errors.js';
 import { backward, noGrad, scope } from '../tensor/autograd.js';
 import { memoryStats } from '../tensor/memory.js';
 import type { CausalLM } from '../models/causal-lm.js';
@@ -56,7 +57,8 @@ export interface TrainResult {
   history: Record<string, number>[];
 }
 
-export class NonFiniteLossError extends Error {}
+/** The loss became NaN or infinite: a problem of the run's settings or data, reported as a user error. */
+export class NonFiniteLossError extends UserError {}
 
 /** Tokens whose next-token prediction a batch scores (the denominator of the mean loss). */
 export function scoredTokens(b: DataBatch): number {
@@ -125,8 +127,8 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
     if (!Number.isFinite(stepLoss)) {
       o.optimizer.zeroGrad();
       throw new NonFiniteLossError(
-        `the loss became ${stepLoss} at step ${step + 1}; the weights were not updated and the last checkpoint in ${o.outputDir} is intact. ` +
-          'Lower the learning rate, or check the data for empty targets.',
+        `the loss became ${stepLoss} at step ${step + 1}; the weights were not updated and the last checkpoint in ${o.outputDir} is intact`,
+        'lower the learning rate (or max_grad_norm), check the data, then resume with --resume_from_checkpoint true',
       );
     }
     const gradNorm = clipGradNorm(params, o.maxGradNorm);

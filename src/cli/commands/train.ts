@@ -42,6 +42,9 @@ export function register(program: Command): void {
       const bar = new ProgressBar(config.max_steps > 0 ? config.max_steps : null, { stream: process.stderr });
       await runTraining(config, {
         signal: ctx.signal,
+        onInfo: (message) => {
+          if (!ctx.quiet) bar.log(message);
+        },
         onLog(row) {
           if (ctx.quiet) return;
           if (typeof row.max_steps === 'number') bar.setTotal(row.max_steps);
