@@ -13,6 +13,7 @@ import * as generateCommand from './commands/generate.js';
 import * as mergeCommand from './commands/merge.js';
 import * as tokenizerCommand from './commands/tokenizer.js';
 import * as memoryCommand from './commands/memory.js';
+import * as quantizeCommand from './commands/quantize.js';
 import * as trainCommand from './commands/train.js';
 import { resetAbortController } from './context.js';
 import { EXIT_INTERRUPTED, formatError } from './errors.js';
@@ -24,6 +25,7 @@ const COMMANDS: { register(program: Command): void }[] = [
   generateCommand,
   evalCommand,
   mergeCommand,
+  quantizeCommand,
   memoryCommand,
   tokenizerCommand,
   configCommand,

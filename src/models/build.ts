@@ -6,6 +6,7 @@ import { UserError } from '../errors.js';
 import { bf16ToF32, f16ToF32, f32ToBf16 } from '../io/dtypes.js';
 import { Linear } from '../nn/layers.js';
 import type { Module } from '../nn/module.js';
+import { Linear4bit, type Quant4Options } from '../quant/linear4bit.js';
 import { Rng } from '../tensor/rng.js';
 import { Tensor } from '../tensor/tensor.js';
 import type { CausalLM } from './causal-lm.js';
@@ -29,7 +30,24 @@ export interface BuildOptions {
   dtype?: 'auto' | 'float32' | 'bfloat16';
   /** Copy f32 weights out of the (possibly read-only, memory-mapped) source, so they can be trained. */
   writable?: boolean;
+  /**
+   * Quantize every decoder Linear (not lm_head; embeddings and norms untouched) to 4 bits while building,
+   * one tensor at a time (QLoRA's load_in_4bit). Weights already saved by bitsandbytes (a `.weight.quant_state.
+   * bitsandbytes__nf4|fp4` key) are always loaded as 4-bit layers, with or without this option.
+   */
+  load4bit?: Quant4Options | null;
 }
+
+/** The bitsandbytes quant-state key of a 4-bit weight `${prefix}.weight` in the checkpoint, or null. */
+export function bnbQuantStateKey(weights: Map<string, RawTensor>, prefix: string): string | null {
+  for (const t of ['nf4', 'fp4']) {
+    const k = `${prefix}.weight.quant_state.bitsandbytes__${t}`;
+    if (weights.has(k)) return k;
+  }
+  return null;
+}
+
+const BNB_SUFFIXES = ['', '.absmax', '.quant_map', '.nested_absmax', '.nested_quant_map'];
 
 /** Names of GPT-2 Conv1D weights, stored [in, out] by transformers. */
 export function isConv1dWeight(config: ModelConfig, name: string): boolean {
@@ -78,13 +96,48 @@ export function buildModel(config: ModelConfig, weights: Map<string, RawTensor>,
     return Tensor.from(f, shape, 'f32');
   };
   const weight = (name: string, shape: number[]) => tensor(name, shape, /embed_tokens|wte|wpe/.test(name));
-  const makeLinear = (name: string, outF: number, inF: number, bias: boolean): Linear & Module =>
-    new Linear(tensor(`${name}.weight`, [outF, inF], true), bias ? tensor(`${name}.bias`, [outF], false) : null);
+  const makeLinear = (name: string, outF: number, inF: number, bias: boolean): (Linear | Linear4bit) & Module => {
+    const qsKey = bnbQuantStateKey(weights, name);
+    if (qsKey) {
+      // A bitsandbytes 4-bit checkpoint: read the packed weight as saved.
+      for (const s of BNB_SUFFIXES) if (weights.has(`${name}.weight${s}`)) used.add(`${name}.weight${s}`);
+      used.add(qsKey);
+      const b = bias ? tensor(`${name}.bias`, [outF], false) : null;
+      const lin = Linear4bit.fromBnb(name, weights, b, opts.load4bit?.computeDtype ?? bnbComputeDtype(config.raw));
+      if (lin.outFeatures !== outF || lin.inFeatures !== inF) {
+        throw new UserError(`4-bit weight '${name}.weight' has shape [${lin.state.shape}] but the config implies [${outF}, ${inF}]`);
+      }
+      return lin;
+    }
+    if (opts.load4bit && name !== 'lm_head') {
+      const raw = weights.get(`${name}.weight`);
+      if (!raw) throw new UserError(`the checkpoint has no tensor '${name}.weight'`, 'is the config.json from the same model as the weights?');
+      const conv = isConv1dWeight(config, `${name}.weight`);
+      const stored = conv ? [inF, outF] : [outF, inF];
+      if (raw.shape.length !== 2 || raw.shape[0] !== stored[0] || raw.shape[1] !== stored[1]) {
+        throw new UserError(`tensor '${name}.weight' has shape [${raw.shape}] but the config implies [${stored}]`);
+      }
+      used.add(`${name}.weight`);
+      // Only this one tensor is widened to f32 (temporarily); the 4-bit state is what stays.
+      let f = widen(raw, `${name}.weight`);
+      if (conv) f = transpose(f, inF, outF);
+      const storageDtype = raw.dtype === 'BF16' ? 'bfloat16' : raw.dtype === 'F16' ? 'float16' : 'float32';
+      return Linear4bit.fromWeight(f, outF, inF, bias ? tensor(`${name}.bias`, [outF], false) : null, { ...opts.load4bit, storageDtype });
+    }
+    return new Linear(tensor(`${name}.weight`, [outF, inF], true), bias ? tensor(`${name}.bias`, [outF], false) : null);
+  };
   const model = config.arch === 'gpt2' ? new Gpt2LMHeadModel(config, weight, makeLinear) : new LlamaForCausalLM(config, weight, makeLinear);
   for (const [, p] of model.namedParameters()) p.persistent = true;
   const unused = [...weights.keys()].filter((k) => !used.has(k) && !/\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$/.test(k));
   if (unused.length) throw new UserError(`the checkpoint has tensors this architecture does not use: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}`);
   return model;
+}
+
+/** bnb_4bit_compute_dtype of a config.json's quantization_config (float32 when unset, as transformers). */
+function bnbComputeDtype(raw: Record<string, unknown>): 'float32' | 'bfloat16' | 'float16' {
+  const q = raw.quantization_config as Record<string, unknown> | undefined;
+  const d = q?.bnb_4bit_compute_dtype;
+  return d === 'bfloat16' || d === 'float16' ? d : 'float32';
 }
 
 /** Random weights in the checkpoint layout of `config` (normal(0, std) for matrices, ones for norms, zeros for biases). */

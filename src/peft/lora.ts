@@ -10,6 +10,7 @@ import { bf16ToF32 } from '../io/dtypes.js';
 import { Linear, type LinearLike } from '../nn/layers.js';
 import { Module } from '../nn/module.js';
 import type { CausalLM } from '../models/causal-lm.js';
+import { Linear4bit } from '../quant/linear4bit.js';
 import { parameter } from '../tensor/autograd.js';
 import type { Rng } from '../tensor/rng.js';
 import { Tensor } from '../tensor/tensor.js';
@@ -23,7 +24,7 @@ export class LoraLinear extends Module implements LinearLike {
   merged = false;
 
   constructor(
-    base: Linear,
+    base: Linear | Linear4bit,
     opts: { r: number; alpha: number; rslora: boolean; dropout: number; dora: boolean; init: boolean | 'gaussian'; rng: Rng },
     readonly dropoutRng: Rng,
   ) {
@@ -52,8 +53,12 @@ export class LoraLinear extends Module implements LinearLike {
 
   dropout: number;
 
-  get base(): Linear {
-    return this.child<Linear>('base_layer');
+  get base(): Linear | Linear4bit {
+    return this.child<Linear | Linear4bit>('base_layer');
+  }
+  /** The 4-bit base layer (also while merged), or null for a plain base. */
+  get base4bit(): Linear4bit | null {
+    return this.original4bit ?? (this.base instanceof Linear4bit ? this.base : null);
   }
   get A(): Tensor {
     return this.child<Linear>('lora_A').weight;
@@ -69,20 +74,39 @@ export class LoraLinear extends Module implements LinearLike {
   }
 
   private original: Tensor | null = null;
+  /** The 4-bit base while merged (the merged weight lives in a plain f32 Linear meanwhile). */
+  private original4bit: Linear4bit | null = null;
 
-  /** Folds the update into the base weight (f32); forward then runs the plain base layer. */
+  /**
+   * Folds the update into the base weight (f32); forward then runs the plain base layer. A 4-bit base is
+   * dequantized: base_layer becomes an f32 Linear with the merged weight (nothing is re-quantized).
+   */
   merge(): void {
     if (this.merged) return;
-    this.original = this.base.weight;
+    const base = this.base;
+    if (base instanceof Linear4bit) {
+      const w = Tensor.from(this.mergedWeight(), [base.outFeatures, base.inFeatures], 'f32').keep();
+      this.original4bit = base;
+      this.children.base_layer = new Linear(w, base.bias);
+      this.merged = true;
+      return;
+    }
+    this.original = base.weight;
     const w = Tensor.from(this.mergedWeight(), [...this.original.shape], 'f32').keep();
-    this.base.setWeight(w);
+    base.setWeight(w);
     this.merged = true;
   }
 
   /** Restores the exact original base weight. */
   unmerge(): void {
+    if (this.merged && this.original4bit) {
+      this.children.base_layer = this.original4bit;
+      this.original4bit = null;
+      this.merged = false;
+      return;
+    }
     if (!this.merged || !this.original) return;
-    this.base.setWeight(this.original);
+    (this.base as Linear).setWeight(this.original);
     this.original = null;
     this.merged = false;
   }
@@ -107,7 +131,7 @@ export class LoraLinear extends Module implements LinearLike {
   /** The effective weight W + s·B·A (DoRA: rescaled rows), in f32. */
   mergedWeight(): Float32Array {
     const [outF, inF] = [this.outFeatures, this.inFeatures];
-    const src = this.original ? (this.original.dtype === 'bf16' ? bf16ToF32(this.original.data as Uint16Array) : this.original.f) : this.base.denseWeight();
+    const src = this.original ? (this.original.dtype === 'bf16' ? bf16ToF32(this.original.data as Uint16Array) : this.original.f) : this.original4bit ? this.original4bit.denseWeight() : this.base.denseWeight();
     const out = new Float32Array(outF * inF);
     const A = this.A.f, B = this.B.f, r = this.r, s = this.scaling;
     const m = this.magnitude?.f;
@@ -150,7 +174,7 @@ function layerIndex(path: string, pattern: string | string[] | null): number | n
 
 /** Which Linear modules of the model a LoraConfig targets (PEFT's check_target_module_exists). */
 export function selectTargets(model: CausalLM, c: LoraConfig): string[] {
-  const linears = model.namedModules().filter(([, m]) => m instanceof Linear).map(([p]) => p);
+  const linears = model.namedModules().filter(([, m]) => m instanceof Linear || m instanceof Linear4bit).map(([p]) => p);
   let targets: string[];
   const t = c.target_modules ?? DEFAULT_TARGETS[model.config.modelType] ?? DEFAULT_TARGETS[model.config.arch];
   if (!t) throw new UserError(`lora.target_modules is not set and there is no default for model_type '${model.config.modelType}'`);
@@ -191,7 +215,7 @@ export function applyLora(model: CausalLM, c: LoraConfig, rng: Rng, dropoutRng: 
   for (const p of model.parameters()) p.requiresGrad = false;
   const targets = selectTargets(model, c);
   for (const path of targets) {
-    const base = model.getModule(path) as Linear;
+    const base = model.getModule(path) as Linear | Linear4bit;
     const r = patternValue(c.rank_pattern, path) ?? c.r;
     const alpha = patternValue(c.alpha_pattern, path) ?? c.lora_alpha;
     const lora = new LoraLinear(base, { r, alpha, rslora: c.use_rslora, dropout: c.lora_dropout, dora: c.use_dora, init: c.init_lora_weights, rng }, dropoutRng);

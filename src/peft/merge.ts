@@ -2,14 +2,19 @@
  * Writing a merged model: every LoRA update folded into its base weight, saved as a normal Hugging Face
  * folder (config.json, model.safetensors, tokenizer and generation files copied) that transformers loads
  * without PEFT. Weights keep the dtype they were stored in (a bf16 base stays bf16).
+ * A 4-bit (QLoRA) base is dequantized, never re-quantized: the merged model is written in the dtype the
+ * weights had before quantization (bf16/f16 for a 16-bit model, f32 for an f32 one) and config.json loses
+ * its quantization_config; a log line says so.
  */
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { writeFileAtomic } from '../io/atomic.js';
-import { bf16ToF32, f32ToBf16 } from '../io/dtypes.js';
+import { bf16ToF32, f32ToBf16, f32ToF16 } from '../io/dtypes.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { isConv1dWeight } from '../models/build.js';
 import type { CausalLM } from '../models/causal-lm.js';
+import { Linear4bit } from '../quant/linear4bit.js';
+import type { Tensor } from '../tensor/tensor.js';
 import { LoraLinear } from './lora.js';
 
 const COPIED = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'chat_template.jinja', 'chat_template.json', 'vocab.json', 'merges.txt'];
@@ -18,18 +23,34 @@ const COPIED = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.j
  * The model's state dict under transformers' names, LoRA merged; `dtype` 'bf16' stores matrices
  * in BF16 (norms and biases too, as transformers saves a bf16 model), else F32.
  */
-export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16'): Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> {
+export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16' | 'F16'): Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> {
   const out: Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> = {};
   const mergedWeights = new Map<string, Float32Array>();
   for (const [path, m] of model.namedModules()) if (m instanceof LoraLinear) mergedWeights.set(`${path}.weight`, m.mergedWeight());
+  // 4-bit layers: their packed weight param stands for the dequantized weight; the bnb side tensors are dropped.
+  const quant = new Map<Tensor, Linear4bit>();
+  const bnbSide = new Set<Tensor>();
+  for (const [, m] of model.namedModules()) {
+    if (!(m instanceof Linear4bit)) continue;
+    for (const [n, p] of m.namedParameters()) {
+      if (n === 'weight') quant.set(p, m);
+      else if (n !== 'bias') bnbSide.add(p);
+    }
+  }
   for (const [name0, p] of model.namedParameters()) {
-    if (/\.lora_(A|B)\.weight$|\.lora_magnitude_vector$/.test(name0)) continue;
+    if (/\.lora_(A|B)\.weight$|\.lora_magnitude_vector$/.test(name0) || bnbSide.has(p)) continue;
     const name = name0.replace('.base_layer.', '.');
     let data: Float32Array;
     let shape = [...p.shape];
     const merged = mergedWeights.get(name0.replace('.base_layer.weight', '.weight'));
-    if (merged && name0.endsWith('.base_layer.weight')) data = merged;
-    else if (p.dtype === 'bf16') data = bf16ToF32(p.data as Uint16Array);
+    const q4 = quant.get(p);
+    if (merged && name0.endsWith('.base_layer.weight')) {
+      data = merged;
+      if (q4) shape = [q4.outFeatures, q4.inFeatures];
+    } else if (q4) {
+      data = q4.denseWeight();
+      shape = [q4.outFeatures, q4.inFeatures];
+    } else if (p.dtype === 'bf16') data = bf16ToF32(p.data as Uint16Array);
     else data = p.f as Float32Array;
     if (isConv1dWeight(model.config, name)) {
       const [o, i] = shape as [number, number];
@@ -38,16 +59,28 @@ export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16'): Record<
       data = t;
       shape = [i, o];
     }
-    out[name] = dtype === 'BF16' ? { dtype: 'BF16', shape, data: f32ToBf16(data) } : { dtype: 'F32', shape, data };
+    out[name] = dtype === 'BF16' ? { dtype: 'BF16', shape, data: f32ToBf16(data) } : dtype === 'F16' ? { dtype: 'F16', shape, data: f32ToF16(data) } : { dtype: 'F32', shape, data };
   }
   return out;
 }
 
 /** Writes a merged Hugging Face folder to outDir, copying config and tokenizer files from baseDir. */
-export function saveMergedModel(model: CausalLM, baseDir: string, outDir: string): void {
+export function saveMergedModel(model: CausalLM, baseDir: string, outDir: string, opts: { onInfo?: (message: string) => void } = {}): void {
   mkdirSync(outDir, { recursive: true });
-  const dtype = model.config.torchDtype === 'bfloat16' ? 'BF16' : 'F32';
+  const q4 = model.namedModules().map(([, m]) => m).filter((m): m is Linear4bit => m instanceof Linear4bit);
+  for (const [, m] of model.namedModules()) if (m instanceof LoraLinear && m.merged && m.base4bit) q4.push(m.base4bit);
+  let dtype: 'F32' | 'BF16' | 'F16' = model.config.torchDtype === 'bfloat16' ? 'BF16' : 'F32';
+  const raw: Record<string, unknown> = { ...model.config.raw };
+  if (q4.length) {
+    // Dequantize, never re-quantize: the dtype the weights had before quantization.
+    const orig = q4[0]!.state.dtype;
+    dtype = orig === 'bfloat16' ? 'BF16' : orig === 'float16' ? 'F16' : 'F32';
+    delete raw.quantization_config;
+    raw.torch_dtype = orig;
+    const info = opts.onInfo ?? ((m: string) => process.stderr.write(`ajuste: ${m}\n`));
+    info(`merging into a 4-bit base: ${q4.length} 4-bit layers dequantized; writing a ${orig} model without quantization_config (not re-quantized) to ${outDir}`);
+  }
   writeSafetensors(join(outDir, 'model.safetensors'), mergedStateDict(model, dtype), { format: 'pt' });
-  writeFileAtomic(join(outDir, 'config.json'), JSON.stringify(model.config.raw, null, 2) + '\n');
+  writeFileAtomic(join(outDir, 'config.json'), JSON.stringify(raw, null, 2) + '\n');
   for (const f of COPIED) if (existsSync(join(baseDir, f))) copyFileSync(join(baseDir, f), join(outDir, f));
 }

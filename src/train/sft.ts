@@ -16,6 +16,9 @@ import { buildModel, randomWeights, type RawTensor } from '../models/build.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { readModelConfig } from '../models/load.js';
 import { AdamW, decayGroups, type Optimizer, Sgd } from '../optim/adamw.js';
+import { AdamW8bit } from '../optim/adamw8bit.js';
+import { PagedAdamW } from '../optim/paged.js';
+import { Linear4bit, logicalParameterCount, type Quant4Options } from '../quant/linear4bit.js';
 import { warmupSteps } from '../optim/schedule.js';
 import { loadAdapterWeights, saveAdapter } from '../peft/adapter-io.js';
 import { type LoraConfig, loraConfig } from '../peft/config.js';
@@ -70,6 +73,16 @@ export interface SftConfig {
   gradient_checkpointing?: boolean;
   resume_from_checkpoint?: boolean | string | null;
   dataloader_drop_last?: boolean;
+  /** transformers' BitsAndBytesConfig: quantize the decoder Linear layers to 4 bits while loading (QLoRA). */
+  load_in_4bit?: boolean;
+  /** 'nf4' | 'fp4'; default nf4 for method qlora, fp4 (transformers' default) for method lora + load_in_4bit. */
+  bnb_4bit_quant_type?: 'nf4' | 'fp4';
+  /** Default true for method qlora, false (transformers' default) for lora + load_in_4bit. */
+  bnb_4bit_use_double_quant?: boolean;
+  /** Accepted and recorded; ajuste computes the 4-bit products in float32 whatever it says. */
+  bnb_4bit_compute_dtype?: 'float32' | 'bfloat16' | 'float16' | null;
+  /** Bytes of optimizer state kept in memory by paged_adamw_*; default: one parameter's states at a time. */
+  optim_memory_budget?: number | null;
 }
 
 export interface RunHooks {
@@ -99,7 +112,7 @@ function splitRecords(records: DataRecord[], fraction: number, seed: number): [D
 
 /** Marks the parameters a method trains; returns them with their names. */
 function selectTrainable(model: CausalLM, method: string, lora: LoraConfig, seed: number, dropoutRng: Rng): { trainable: [string, Tensor][]; applied: LoraApplied | null } {
-  if (method === 'lora') {
+  if (method === 'lora' || method === 'qlora') {
     const applied = applyLora(model, lora, new Rng(seed), dropoutRng);
     return { trainable: applied.trainable, applied };
   }
@@ -121,34 +134,79 @@ function selectTrainable(model: CausalLM, method: string, lora: LoraConfig, seed
 
 function makeOptimizer(c: SftConfig, trainable: [string, Tensor][]): Optimizer {
   const groups = decayGroups(trainable, c.weight_decay);
+  const adam = { lr: c.learning_rate, betas: [c.adam_beta1 ?? 0.9, c.adam_beta2 ?? 0.999] as [number, number], eps: c.adam_epsilon ?? 1e-8 };
   switch (c.optim) {
     case 'adamw_torch':
     case 'adamw_torch_fused':
     case 'adamw':
-      return new AdamW(groups, { lr: c.learning_rate, betas: [c.adam_beta1 ?? 0.9, c.adam_beta2 ?? 0.999], eps: c.adam_epsilon ?? 1e-8 });
+      return new AdamW(groups, adam);
+    case 'adamw_8bit':
+    case 'adamw_bnb_8bit':
+      return new AdamW8bit(groups, adam);
+    case 'paged_adamw_32bit':
+    case 'paged_adamw_8bit': {
+      const budget = c.optim_memory_budget ?? undefined;
+      if (budget !== undefined && !(Number.isInteger(budget) && budget > 0)) throw new UserError(`optim_memory_budget must be a positive number of bytes, got ${budget}`);
+      mkdirSync(c.output_dir, { recursive: true });
+      try {
+        return new PagedAdamW(groups, { ...adam, bits: c.optim === 'paged_adamw_8bit' ? 8 : 32, memoryBudget: budget, dir: c.output_dir });
+      } catch (e) {
+        throw new UserError((e as Error).message, 'raise optim_memory_budget, or leave it unset (one parameter at a time)');
+      }
+    }
     case 'sgd':
       return new Sgd(groups, { lr: c.learning_rate });
     default:
-      throw new UserError(`optim '${c.optim}' is not available in this version`, 'use adamw_torch or sgd');
+      throw new UserError(`optim '${c.optim}' is not available in this version`, 'use adamw_torch, adamw_8bit, paged_adamw_32bit, paged_adamw_8bit or sgd');
   }
+}
+
+/** The 4-bit loading options a config asks for (null: load as stored). */
+function quantOptions(c: SftConfig, method: string, info: (m: string) => void): Quant4Options | null {
+  if (method !== 'qlora' && c.load_in_4bit !== true) return null;
+  if (method !== 'qlora' && method !== 'lora') throw new UserError(`load_in_4bit works with method lora or qlora, not '${method}'`, '4-bit base weights are frozen; train adapters on them');
+  const qlora = method === 'qlora';
+  const quantType = c.bnb_4bit_quant_type ?? (qlora ? 'nf4' : 'fp4');
+  if (quantType !== 'nf4' && quantType !== 'fp4') throw new UserError(`bnb_4bit_quant_type must be nf4 or fp4, got ${JSON.stringify(quantType)}`);
+  const computeDtype = c.bnb_4bit_compute_dtype ?? (qlora ? 'bfloat16' : 'float32');
+  if (computeDtype !== 'float32' && computeDtype !== 'bfloat16' && computeDtype !== 'float16') {
+    throw new UserError(`bnb_4bit_compute_dtype must be float32, bfloat16 or float16, got ${JSON.stringify(computeDtype)}`);
+  }
+  const doubleQuant = c.bnb_4bit_use_double_quant ?? qlora;
+  if (computeDtype !== 'float32') info(`bnb_4bit_compute_dtype ${computeDtype}: the 4-bit products are computed in float32 on the CPU (more precise than a ${computeDtype} matmul)`);
+  return { quantType, doubleQuant, computeDtype, blocksize: 64 };
 }
 
 /** Fine-tunes (or pretrains) a causal LM as the config says. */
 export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftResult> {
   const info = hooks.onInfo ?? (() => {});
-  const method = c.method === 'qlora' ? 'qlora' : c.method;
-  if (method === 'qlora') throw new UserError('method qlora is not available in this version yet', 'use method: lora');
+  const method = c.method;
   const dir = await resolveModel(c.model_name_or_path, { revision: c.revision ?? undefined });
   const modelConfig = readModelConfig(dir);
+  const load4bit = quantOptions(c, method, info);
+  const qc = modelConfig.raw.quantization_config as Record<string, unknown> | undefined;
+  const savedIn4bit = qc?.quant_method === 'bitsandbytes' && qc.load_in_4bit === true;
+  if (savedIn4bit && method !== 'lora' && method !== 'qlora') throw new UserError(`${dir} holds a 4-bit (bitsandbytes) model; method '${method}' cannot train it`, 'use method: qlora (LoRA adapters over the frozen 4-bit base)');
   const tok = Tokenizer.fromFolder(dir);
   const full = method === 'full';
   const weights: Map<string, RawTensor> = c.init_from_scratch ? randomWeights(modelConfig, c.seed) : readSafetensorsFolder(dir, { copy: full }).tensors;
   const dtype = full ? 'float32' : (c.torch_dtype ?? 'auto');
-  const model = buildModel(modelConfig, weights, { dtype, writable: full });
+  const model = buildModel(modelConfig, weights, { dtype, writable: full, load4bit });
+  const q4 = model.namedModules().filter(([, m]) => m instanceof Linear4bit).map(([, m]) => m as Linear4bit);
+  if (q4.length) {
+    const numel = q4.reduce((s, m) => s + m.state.numel, 0);
+    const bytes = q4.reduce((s, m) => s + m.weightBytes(false), 0);
+    const tables = q4.reduce((s, m) => s + m.weightBytes() - m.weightBytes(false), 0);
+    const st = q4[0]!.state;
+    info(
+      `${savedIn4bit ? 'loaded' : 'quantized'} ${q4.length} linear layers to ${st.quantType}${st.dq ? ' with double quantization' : ''} (blocksize ${st.blocksize}): ` +
+        `${(bytes / numel).toFixed(4)} bytes/param for ${numel.toLocaleString('en-US')} base weights (+ ${(tables / 1024).toFixed(1)} KiB of code tables)`,
+    );
+  }
   const dropoutRng = new Rng(c.seed + 1);
   const lora = loraConfig(c.lora ?? {});
   const { trainable, applied } = selectTrainable(model, method, lora, c.seed, dropoutRng);
-  const totalParams = model.parameters().reduce((s, p) => s + p.size, 0);
+  const totalParams = logicalParameterCount(model);
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
 
@@ -202,29 +260,34 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   } else if (typeof c.resume_from_checkpoint === 'string') resumeFrom = c.resume_from_checkpoint;
   if (resumeFrom) info(`resuming from ${resumeFrom}`);
 
-  const result = await runTrainer({
-    model,
-    trainable,
-    optimizer,
-    train: loader,
-    evalBatches,
-    outputDir: c.output_dir,
-    maxSteps,
-    learningRate: c.learning_rate,
-    scheduler: c.lr_scheduler_type,
-    warmupSteps: warmupSteps(maxSteps, c.warmup_steps, c.warmup_ratio),
-    gradientAccumulationSteps: c.gradient_accumulation_steps,
-    maxGradNorm: c.max_grad_norm,
-    gradientCheckpointing: c.gradient_checkpointing ?? false,
-    loggingSteps: c.logging_steps,
-    evalSteps,
-    saveSteps: c.save_steps,
-    saveTotalLimit: c.save_total_limit ?? null,
-    io,
-    resumeFrom,
-    signal: hooks.signal,
-    onLog: hooks.onLog,
-  });
+  let result: TrainResult;
+  try {
+    result = await runTrainer({
+      model,
+      trainable,
+      optimizer,
+      train: loader,
+      evalBatches,
+      outputDir: c.output_dir,
+      maxSteps,
+      learningRate: c.learning_rate,
+      scheduler: c.lr_scheduler_type,
+      warmupSteps: warmupSteps(maxSteps, c.warmup_steps, c.warmup_ratio),
+      gradientAccumulationSteps: c.gradient_accumulation_steps,
+      maxGradNorm: c.max_grad_norm,
+      gradientCheckpointing: c.gradient_checkpointing ?? false,
+      loggingSteps: c.logging_steps,
+      evalSteps,
+      saveSteps: c.save_steps,
+      saveTotalLimit: c.save_total_limit ?? null,
+      io,
+      resumeFrom,
+      signal: hooks.signal,
+      onLog: hooks.onLog,
+    });
+  } finally {
+    if (optimizer instanceof PagedAdamW) optimizer.close();
+  }
 
   // Final artefacts in output_dir itself, as trainer.save_model() does.
   if (!result.stoppedEarly) {
