@@ -110,11 +110,12 @@ function check(c: Case, seed: number, k: Kernels, tol = 1e-5): void {
 const COMBOS: [boolean, boolean][] = [[false, false], [false, true], [true, false], [true, true]];
 
 // Shapes that reach every path: small loop, 6x16 kernel with tails, 12x8 kernel (N <= 8), the
-// transposed problem (M <= 8 < N), several KC blocks (K > 256), several MC blocks, NC blocks (N > 2048).
+// transposed problem (M <= 8 < N), several KC blocks (K > 256; K > 4096 for the unpacked N <= 8 kernel),
+// several MC blocks, NC blocks (N > 2048).
 const SHAPES: [number, number, number][] = [
   [1, 1, 1], [7, 13, 5], [3, 1, 40], [1, 37, 9],
   [37, 45, 300], [300, 7, 200], [96, 8, 520], [5, 200, 300], [8, 333, 70], [150, 33, 17], [299, 64, 64],
-  [20, 2100, 40], [61, 17, 1],
+  [20, 2100, 40], [61, 17, 1], [13, 5, 4500],
 ];
 
 describe('native gemm vs js', () => {

@@ -22,6 +22,7 @@
 #include <cstring>
 #include <new>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "threads.h"
@@ -32,6 +33,7 @@
 #endif
 
 namespace ajuste_gemm {
+namespace {  // internal linkage: direct calls, no PLT, free to inline
 
 // A matrix given by strides: element (r, c) is p[r * rs + c * cs].
 template <typename T>
@@ -257,7 +259,8 @@ Napi::Value GemmNapi(const Napi::CallbackInfo& info) {
   return env.Undefined();
 }
 
-// fmaPeak(seconds): GFLOP/s of a register-only FMA loop run on every thread of the pool at once.
+// fmaPeak(seconds): GFLOP/s of a register-only FMA loop run on every thread of the pool at once: the
+// sum over threads of each one's best ~15 us burst (robust to time slices taken by other processes).
 Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const double s = info.Length() > 0 && info[0].IsNumber() ? info[0].As<Napi::Number>().DoubleValue() : -1;
@@ -289,6 +292,7 @@ Napi::Value ForceScalar(const Napi::CallbackInfo& info) {
 
 Napi::Value IsaName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), isa_name(pick_isa())); }
 
+}  // namespace
 }  // namespace ajuste_gemm
 
 // For addon.cc's info(), should it want to report the GEMM instruction set.
