@@ -484,10 +484,10 @@ def count_params(model):
 
 def timed_loop(fn, iters, seconds, max_iters=50):
     """Warm-up 1, then run `iters` iterations if given, else until `seconds` have passed (at least 3, or at
-    least 1 when the warm-up alone took over a third of `seconds`)."""
+    least 1 when the warm-up alone took over max(`seconds`, 60 s))."""
     t = time.perf_counter()
     fn()
-    min_iters = 3 if time.perf_counter() - t < seconds / 3 else 1
+    min_iters = 3 if time.perf_counter() - t < max(seconds, 60.0) else 1
     times = []
     start = time.perf_counter()
     while True:
