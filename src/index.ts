@@ -35,3 +35,9 @@ export { loadBrownText } from './data/brown.js';
 export { readSafetensors, writeSafetensors, readSafetensorsFolder } from './io/safetensors.js';
 export { loadModelFolder } from './models/load.js';
 export { evaluateFile } from './eval/perplexity.js';
+// the training entry point and its config
+export { runTraining as train } from './train/run.js';
+export { loadTrainConfig, type TrainConfig } from './train/config.js';
+export { runSft, type SftConfig } from './train/sft.js';
+export { resolveModel } from './io/hub.js';
+export { estimateMemory } from './train/memory-estimate.js';
