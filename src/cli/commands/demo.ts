@@ -7,7 +7,7 @@ import { UserError } from '../../errors.js';
 import { formatResults, runSpamDemo } from '../../demo/spam.js';
 import { contextFor } from '../context.js';
 
-export const BUNDLED_MODEL = 'models/ajuste-base-5m';
+export const BUNDLED_MODEL = 'models/ajuste-base-2m';
 
 function packageRoot(): string {
   let dir = dirname(fileURLToPath(import.meta.url));
