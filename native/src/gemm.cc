@@ -8,9 +8,9 @@
 // is chosen at run time with __builtin_cpu_supports. An AVX-512 flavour would be one more include
 // and one more line in pick_isa().
 //
-// Shapes: M*N*K < 32768 takes a plain loop (no packing, no threads). When M <= 8 < N the problem is
-// solved transposed (C^T = op(B)^T op(A)^T) so the small dimension is N, which takes a 12x8 kernel
-// (LoRA's rank-r shapes); the other shapes take a 6x16 kernel.
+// Shapes: M*N*K < 32768 takes a plain loop (no packing, no threads). N <= 8 (LoRA's rank-r shapes) takes
+// a 12x8 kernel, which reads A unpacked when its rows are contiguous; some skinny shapes are solved
+// transposed (see gemm() below); the other shapes take a 6x16 kernel.
 #include <napi.h>
 
 #include <algorithm>
@@ -132,7 +132,11 @@ void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const floa
 #endif
     return scalar::small_gemm(M, N, K, alpha, a, b, beta, C, ldc, acc.data());
   }
-  if (M <= 8 && N > 8) {  // C^T [N,M] = op(B)^T op(A)^T, C^T stored with rows 1 apart, columns ldc apart
+  // Solve C^T [N,M] = op(B)^T op(A)^T (C^T stored with rows 1 apart, columns ldc apart) when that turns a
+  // skinny shape into one whose big operand streams in long contiguous runs: M <= 8 with B stored [N,K]
+  // becomes N' <= 8 with A' rows contiguous (the unpacked 12x8 kernel); N <= 8 with A stored [K,M] becomes
+  // M' <= 8 with B' rows contiguous (packed in long rows for the 6x16 kernel).
+  if ((M <= 8 && N > 8 && transB) || (N <= 8 && M > 8 && transA)) {
     const Mat<TB> bt{B, b.cs, b.rs};
     const Mat<float> at{A, a.cs, a.rs};
 #ifdef AJ_GEMM_X86

@@ -40,21 +40,27 @@ static_assert(MC % MR_W == 0 && MC % MR_S == 0, "MC must be a multiple of both M
 // ------------------------------------------------------------------------------------------------
 template <int MR, typename T>
 AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* __restrict out) {
-  for (int ir = 0; ir < mc; ir += MR, out += (long)MR * kc) {
-    const int m = std::min(MR, mc - ir);
-    const T* base = A.p + (i0 + ir) * A.rs + p0 * A.cs;
-    if (A.rs == 1) {  // op(A) columns are contiguous (transA): copy m values per k
-      for (int k = 0; k < kc; k++) {
-        const T* col = base + (long)k * A.cs;
-        float* o = out + (long)k * MR;
+  if (A.rs == 1) {  // op(A) columns contiguous (transA): read mc values per k, deal them to the panels
+    for (int k = 0; k < kc; k++) {
+      const T* row = A.p + i0 + (p0 + k) * A.cs;
+      for (int ir = 0; ir < mc; ir += MR) {
+        float* o = out + (long)ir * kc + (long)k * MR;
+        const int m = std::min(MR, mc - ir);
         if (m == MR) {
-          for (int r = 0; r < MR; r++) o[r] = widen(col[r]);
+          if constexpr (sizeof(T) == 4) std::memcpy(o, row + ir, sizeof(float) * MR);
+          else for (int r = 0; r < MR; r++) o[r] = widen(row[ir + r]);
         } else {
-          for (int r = 0; r < m; r++) o[r] = widen(col[r]);
+          for (int r = 0; r < m; r++) o[r] = widen(row[ir + r]);
           for (int r = m; r < MR; r++) o[r] = 0.f;
         }
       }
-    } else if (A.cs == 1 && m == MR) {  // rows contiguous: MR read streams, one write stream
+    }
+    return;
+  }
+  for (int ir = 0; ir < mc; ir += MR, out += (long)MR * kc) {
+    const int m = std::min(MR, mc - ir);
+    const T* base = A.p + (i0 + ir) * A.rs + p0 * A.cs;
+    if (A.cs == 1 && m == MR) {  // rows contiguous: MR read streams, one write stream
       const T* rows[MR];
       for (int r = 0; r < MR; r++) rows[r] = base + r * A.rs;
       for (int k = 0; k < kc; k++) {
@@ -72,27 +78,38 @@ AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* 
 
 template <int NR, typename T>
 AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* __restrict out) {
-  for (int jr = 0; jr < nc; jr += NR, out += (long)NR * kc) {
-    const int n = std::min(NR, nc - jr);
-    const T* base = B.p + p0 * B.rs + (j0 + jr) * B.cs;
-    if (B.cs == 1 && n == NR) {  // rows of op(B) contiguous (no transB): copy NR values per k
-      for (int k = 0; k < kc; k++) {
-        const T* row = base + (long)k * B.rs;
-        float* o = out + (long)k * NR;
+  if (B.cs == 1) {  // rows of op(B) contiguous (no transB): read nc values per k, deal them to the panels
+    for (int k = 0; k < kc; k++) {
+      const T* row = B.p + (p0 + k) * B.rs + j0;
+      int jr = 0;
+      for (; jr + NR <= nc; jr += NR) {
+        float* o = out + (long)jr * kc + (long)k * NR;
 #if AJ_GEMM_AVX2
         if constexpr (sizeof(T) == 2) {
           for (int j = 0; j < NR; j += 8) {
-            const __m128i h = _mm_loadu_si128((const __m128i*)(row + j));
+            const __m128i h = _mm_loadu_si128((const __m128i*)(row + jr + j));
             _mm256_store_ps(o + j, _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(h), 16)));
           }
         } else {
-          for (int j = 0; j < NR; j += 8) _mm256_store_ps(o + j, _mm256_loadu_ps((const float*)(row + j)));
+          for (int j = 0; j < NR; j += 8) _mm256_store_ps(o + j, _mm256_loadu_ps((const float*)(row + jr + j)));
         }
 #else
-        for (int j = 0; j < NR; j++) o[j] = widen(row[j]);
+        for (int j = 0; j < NR; j++) o[j] = widen(row[jr + j]);
 #endif
       }
-    } else if (B.rs == 1) {  // columns of op(B) contiguous (transB): n read streams
+      if (jr < nc) {
+        float* o = out + (long)jr * kc + (long)k * NR;
+        const int n = nc - jr;
+        for (int j = 0; j < n; j++) o[j] = widen(row[jr + j]);
+        for (int j = n; j < NR; j++) o[j] = 0.f;
+      }
+    }
+    return;
+  }
+  for (int jr = 0; jr < nc; jr += NR, out += (long)NR * kc) {
+    const int n = std::min(NR, nc - jr);
+    const T* base = B.p + p0 * B.rs + (j0 + jr) * B.cs;
+    if (B.rs == 1) {  // columns of op(B) contiguous (transB): n read streams
       const T* cols[NR];
       for (int j = 0; j < NR; j++) cols[j] = base + (j < n ? j : 0) * B.cs;
       if (n == NR) {
@@ -359,10 +376,11 @@ void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>
   const int kc_step = ceil_div(K, kb);  // depends on K only: same blocks (and sums) on every thread
   const int mb = ceil_div(m1 - m0, MC);
   const int mc_step = round_up(ceil_div(m1 - m0, mb), MR);
-  float* Bp = bbuf.get((size_t)kc_step * round_up(std::min(NC, n1 - n0), NR));
+  const int nc_cap = NC;  // (a smaller block for small M, to stay in L2, measured slower: shorter reads of B)
+  float* Bp = bbuf.get((size_t)kc_step * round_up(std::min(nc_cap, n1 - n0), NR));
   float* Ap = abuf.get((size_t)kc_step * mc_step);
-  for (int jc = n0; jc < n1; jc += NC) {
-    const int nc = std::min(NC, n1 - jc);
+  for (int jc = n0; jc < n1; jc += nc_cap) {
+    const int nc = std::min(nc_cap, n1 - jc);
     for (int pc = 0; pc < K; pc += kc_step) {
       const int kc = std::min(kc_step, K - pc);
       const float be = pc == 0 ? beta : 1.f;
