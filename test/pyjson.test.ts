@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { adapterConfigJson, loraConfig } from '../src/peft/config.js';
-import { pyFloat, pyFloatRepr, pyJsonDumps } from '../src/peft/pyjson.js';
+import { pyFloat, pyFloatRepr, pyJsonDumps } from '../src/io/pyjson.js';
 
 describe("Python's json.dumps(indent=2, sort_keys=True)", () => {
   it('formats floats as Python repr does (values from CPython)', () => {

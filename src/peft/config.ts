@@ -3,7 +3,7 @@
  * (see shared/reference/peft-spec.md §1.2-1.3), so adapters move between ajuste and Python PEFT.
  */
 import { UserError } from '../errors.js';
-import { pyFloat, pyJsonDumps } from './pyjson.js';
+import { pyFloat, pyJsonDumps } from '../io/pyjson.js';
 
 export interface LoraConfig {
   r: number;

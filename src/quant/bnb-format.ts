@@ -13,6 +13,7 @@
  * The reader takes the code tables from the file (never regenerates them) and accepts packed weights
  * stored in another dtype (bitsandbytes `quant_storage`), reinterpreting their bytes.
  */
+import { pyFloatRepr } from '../io/pyjson.js';
 import type { DoubleQuantized, Quant4State, QuantType4, TorchFloatDtype } from './nf4.js';
 
 /** A tensor record as safetensors holds it. */
@@ -24,26 +25,8 @@ export interface BnbTensor {
 
 export type BnbTensorRecord = { dtype: 'U8'; shape: number[]; data: Uint8Array } | { dtype: 'F32'; shape: number[]; data: Float32Array };
 
-/** Python's repr of a float (shortest round-trip; exponent form when the exponent is < -4 or >= 16). */
-export function pythonFloatRepr(v: number): string {
-  if (Number.isNaN(v)) return 'NaN';
-  if (!Number.isFinite(v)) return v > 0 ? 'Infinity' : '-Infinity';
-  if (v === 0) return Object.is(v, -0) ? '-0.0' : '0.0';
-  const [mant, expStr] = v.toExponential().split('e') as [string, string];
-  const exp = Number(expStr);
-  const neg = mant.startsWith('-');
-  const digits = mant.replace('-', '').replace('.', '');
-  let s: string;
-  if (exp < -4 || exp >= 16) {
-    const m = digits.length > 1 ? `${digits[0]}.${digits.slice(1)}` : digits;
-    s = `${m}e${exp < 0 ? '-' : '+'}${String(Math.abs(exp)).padStart(2, '0')}`;
-  } else if (exp >= 0) {
-    s = digits.length <= exp + 1 ? `${digits}${'0'.repeat(exp + 1 - digits.length)}.0` : `${digits.slice(0, exp + 1)}.${digits.slice(exp + 1)}`;
-  } else {
-    s = `0.${'0'.repeat(-exp - 1)}${digits}`;
-  }
-  return (neg ? '-' : '') + s;
-}
+/** Python's repr of a float (re-exported for callers of this module). */
+export { pyFloatRepr as pythonFloatRepr } from '../io/pyjson.js';
 
 /** The quant-state JSON exactly as Python's `json.dumps` writes bitsandbytes' dict (", " and ": "). */
 export function quantStateJson(state: Quant4State): string {
@@ -54,7 +37,7 @@ export function quantStateJson(state: Quant4State): string {
     `"shape": [${state.shape.join(', ')}]`,
   ];
   if (state.dq) {
-    parts.push(`"nested_blocksize": ${state.dq.nestedBlocksize}`, '"nested_dtype": "float32"', `"nested_offset": ${pythonFloatRepr(Math.fround(state.dq.offset))}`);
+    parts.push(`"nested_blocksize": ${state.dq.nestedBlocksize}`, '"nested_dtype": "float32"', `"nested_offset": ${pyFloatRepr(Math.fround(state.dq.offset))}`);
   }
   return `{${parts.join(', ')}}`;
 }
