@@ -3,6 +3,7 @@
  * (labels shifted inside, as transformers does), and incremental decoding with a KV cache.
  */
 import { Module } from '../nn/module.js';
+import type { AttentionShape } from '../nn/ops/attention.js';
 import { IGNORE_INDEX, linearCrossEntropy } from '../nn/ops/loss.js';
 import { linear } from '../tensor/ops.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -23,6 +24,19 @@ export interface ForwardOptions {
   gradientCheckpointing?: boolean;
 }
 
+/**
+ * What a prompt-learning PEFT method (prompt tuning, prefix tuning; see peft/) adds to a forward pass.
+ * The model calls `begin` once per forward with the token embeddings [B,T,C] (before any position
+ * embedding) and runs its layers on the returned embeddings and batch (virtual tokens in front,
+ * positions shifted); `attention`, when present, replaces each layer's causal attention; `end` maps the
+ * final hidden states back to the caller's B x T rows.
+ */
+export interface PromptHook {
+  begin(h: Tensor, batch: Batch): { h: Tensor; batch: Batch };
+  attention?(layer: number, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): Tensor;
+  end(h: Tensor, batch: Batch): Tensor;
+}
+
 /** Keys and values of past tokens, per layer, for incremental decoding (batch 1). */
 export interface KvCache {
   /** [layer] -> keys [len, Hkv, D] (after RoPE), grown as tokens arrive. */
@@ -33,6 +47,9 @@ export interface KvCache {
 }
 
 export abstract class CausalLM extends Module {
+  /** Set by prompt tuning / prefix tuning (peft/); null for a plain model. */
+  promptHook: PromptHook | null = null;
+
   constructor(readonly config: ModelConfig) {
     super();
   }

@@ -12,7 +12,7 @@ import { noGrad, checkpoint } from '../tensor/autograd.js';
 import { add, embedding } from '../tensor/ops.js';
 import { Tensor } from '../tensor/tensor.js';
 import { splitLast } from '../tensor/split.js';
-import { type Batch, CausalLM, type ForwardOptions, type KvCache } from './causal-lm.js';
+import { type Batch, CausalLM, type ForwardOptions, type KvCache, type PromptHook } from './causal-lm.js';
 import type { ModelConfig } from './config.js';
 import type { LinearFactory, WeightGetter } from './llama.js';
 
@@ -46,12 +46,14 @@ class Gpt2Block extends Module {
     return this.lin('mlp.c_proj').forward(this.c.activation === 'gelu' ? geluErf(h) : geluTanh(h));
   }
 
-  forward(h: Tensor, batch: Batch): Tensor {
+  forward(h: Tensor, batch: Batch, hook: PromptHook | null = null, layer = 0): Tensor {
     const { B, T } = batch;
     const { heads: H, headDim: D, hidden: C } = this.c;
     const x = this.child<LayerNorm>('ln_1').forward(h);
     const [q, k, v] = splitLast(this.lin('attn.c_attn').forward(x), [C, C, C]);
-    const a = attention(q!.reshape([B, T, H, D]), k!.reshape([B, T, H, D]), v!.reshape([B, T, H, D]), { B, T, H, Hkv: H, D, segIds: batch.segIds });
+    const shape = { B, T, H, Hkv: H, D, segIds: batch.segIds };
+    const [q4, k4, v4] = [q!.reshape([B, T, H, D]), k!.reshape([B, T, H, D]), v!.reshape([B, T, H, D])];
+    const a = hook?.attention ? hook.attention(layer, q4, k4, v4, shape) : attention(q4, k4, v4, shape);
     h = add(h, this.lin('attn.c_proj').forward(a.reshape([B, T, C])));
     return add(h, this.mlp(this.child<LayerNorm>('ln_2').forward(h)));
   }
@@ -107,13 +109,24 @@ export class Gpt2LMHeadModel extends CausalLM {
   }
 
   forwardHidden(batch: Batch, opts: ForwardOptions = {}): Tensor {
-    let h = this.embed(batch.inputIds, batch.positionIds, [batch.B, batch.T]);
+    const hook = this.promptHook;
+    let h: Tensor;
+    let run = batch;
+    if (hook) {
+      // Virtual tokens go in front of the token embeddings; position embeddings are added after (as transformers does for inputs_embeds).
+      ({ h, batch: run } = hook.begin((this.tr.getModule('wte') as Embedding).forward(batch.inputIds, [batch.B, batch.T]), batch));
+      for (const p of run.positionIds) {
+        if (p >= this.config.maxPositions) throw new Error(`position ${p} exceeds GPT-2's n_positions ${this.config.maxPositions}`);
+      }
+      h = add(h, embedding(run.positionIds, (this.tr.getModule('wpe') as Embedding).weight, [run.B, run.T]));
+    } else h = this.embed(batch.inputIds, batch.positionIds, [batch.B, batch.T]);
     const blocks = this.tr.getModule('h') as ModuleList<Gpt2Block>;
     for (let i = 0; i < this.config.layers; i++) {
       const block = blocks.at(i);
-      h = opts.gradientCheckpointing ? checkpoint(h, (x) => block.forward(x, batch)) : block.forward(h, batch);
+      h = opts.gradientCheckpointing ? checkpoint(h, (x) => block.forward(x, run, hook, i)) : block.forward(h, run, hook, i);
     }
-    return (this.tr.getModule('ln_f') as LayerNorm).forward(h);
+    const out = (this.tr.getModule('ln_f') as LayerNorm).forward(h);
+    return hook ? hook.end(out, batch) : out;
   }
 
   forwardCached(ids: Int32Array, cache: KvCache): Tensor {

@@ -12,13 +12,16 @@ import { type RopeTables, rope, ropeTables } from '../nn/ops/rope.js';
 import { checkpoint, noGrad } from '../tensor/autograd.js';
 import { add, mul } from '../tensor/ops.js';
 import { Tensor } from '../tensor/tensor.js';
-import { type Batch, CausalLM, type ForwardOptions, type KvCache } from './causal-lm.js';
+import { type Batch, CausalLM, type ForwardOptions, type KvCache, type PromptHook } from './causal-lm.js';
 import { type ModelConfig, ropeInvFreq } from './config.js';
 
 /** Per-forward context shared by the layers. */
 interface Ctx {
   batch: Batch;
   rope: RopeTables;
+  /** Prompt-learning hook of this forward (prefix tuning replaces the attention), and the layer index. */
+  hook?: PromptHook | null;
+  layer?: number;
 }
 
 class LlamaAttention extends Module {
@@ -38,7 +41,8 @@ class LlamaAttention extends Module {
     const v = this.child<LinearLike>('v_proj').forward(x).reshape([B, T, Hkv, D]);
     q = rope(q, ctx.batch.positionIds, ctx.rope);
     k = rope(k, ctx.batch.positionIds, ctx.rope);
-    const a = attention(q, k, v, { B, T, H, Hkv, D, segIds: ctx.batch.segIds });
+    const shape = { B, T, H, Hkv, D, segIds: ctx.batch.segIds };
+    const a = ctx.hook?.attention ? ctx.hook.attention(ctx.layer ?? 0, q, k, v, shape) : attention(q, k, v, shape);
     return this.child<LinearLike>('o_proj').forward(a.reshape([B, T, H * D]));
   }
 
@@ -176,15 +180,20 @@ export class LlamaForCausalLM extends CausalLM {
 
   forwardHidden(batch: Batch, opts: ForwardOptions = {}): Tensor {
     const { B, T } = batch;
-    let maxPos = 0;
-    for (const p of batch.positionIds) if (p > maxPos) maxPos = p;
-    const ctx: Ctx = { batch, rope: this.tables(maxPos + 1) };
+    const hook = this.promptHook;
     let h = this.inner.embed.forward(batch.inputIds, [B, T]);
+    let run = batch;
+    if (hook) ({ h, batch: run } = hook.begin(h, batch));
+    let maxPos = 0;
+    for (const p of run.positionIds) if (p > maxPos) maxPos = p;
+    const rope = this.tables(maxPos + 1);
     for (let i = 0; i < this.config.layers; i++) {
       const layer = this.inner.layer(i);
+      const ctx: Ctx = { batch: run, rope, hook, layer: i };
       h = opts.gradientCheckpointing ? checkpoint(h, (x) => layer.forward(x, ctx)) : layer.forward(h, ctx);
     }
-    return this.inner.norm.forward(h);
+    const out = this.inner.norm.forward(h);
+    return hook ? hook.end(out, batch) : out;
   }
 
   forwardCached(ids: Int32Array, cache: KvCache): Tensor {
