@@ -17,7 +17,7 @@ import { writeFileAtomic } from '../io/atomic.js';
 import { readSafetensorsFolder, writeSafetensors } from '../io/safetensors.js';
 import { buildModel } from '../models/build.js';
 import { readModelConfig } from '../models/load.js';
-import { pyFloat, pyJsonDumps } from '../peft/pyjson.js';
+import { pyFloat, pyJsonDumps } from '../io/pyjson.js';
 import { Linear4bit } from './linear4bit.js';
 import { checkBlocksize4, type QuantType4 } from './nf4.js';
 
