@@ -388,17 +388,20 @@ void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>
       for (int ic = m0; ic < m1; ic += mc_step) {
         const int mc = std::min(mc_step, m1 - ic);
         pack_a<MR, TA>(A, ic, mc, pc, kc, Ap);
-        for (int jr = 0; jr < nc; jr += NR) {
-          const int n = std::min(NR, nc - jr);
-          const float* bp = Bp + (long)jr * kc;
-          float* cc = C + (long)(jc + jr) * csc;
-          for (int ir = 0; ir < mc; ir += MR) {
-            const int m = std::min(MR, mc - ir);
-            if constexpr (MR == MR_W)
-              ukr_w(kc, Ap + (long)ir * kc, bp, cc + (long)(ic + ir) * rsc, rsc, csc, m, n, alpha, be);
-            else
-              ukr_s(kc, Ap + (long)ir * kc, bp, cc + (long)(ic + ir) * rsc, rsc, csc, m, n, alpha, be);
-          }
+        auto tile = [&](int ir, int jr) {
+          const int m = std::min(MR, mc - ir), n = std::min(NR, nc - jr);
+          float* cc = C + (long)(ic + ir) * rsc + (long)(jc + jr) * csc;
+          if constexpr (MR == MR_W)
+            ukr_w(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
+          else
+            ukr_s(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
+        };
+        if (kc >= 32) {  // B micro-panel stays in L1 while A micro-panels stream from L2
+          for (int jr = 0; jr < nc; jr += NR)
+            for (int ir = 0; ir < mc; ir += MR) tile(ir, jr);
+        } else {  // tiny K: the C traffic dominates, so sweep C row by row (contiguous runs)
+          for (int ir = 0; ir < mc; ir += MR)
+            for (int jr = 0; jr < nc; jr += NR) tile(ir, jr);
         }
       }
     }
