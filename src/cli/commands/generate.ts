@@ -14,7 +14,7 @@ interface Opts {
   prompt: string;
   chat?: boolean;
   system?: string;
-  maxNewTokens: string;
+  maxNewTokens?: string;
   temperature?: string;
   topK?: string;
   topP?: string;
@@ -34,8 +34,8 @@ export function register(program: Command): void {
     .requiredOption('--prompt <text>', 'the prompt')
     .option('--chat', 'wrap the prompt as a user message with the model\'s chat template (add_generation_prompt)')
     .option('--system <text>', 'system message (with --chat)')
-    .option('--max-new-tokens <n>', 'tokens to generate at most', '64')
-    .option('--temperature <t>', 'sample with this temperature (default: greedy)')
+    .option('--max-new-tokens <n>', 'tokens to generate at most (default: generation_config.json max_new_tokens, else 64)')
+    .option('--temperature <t>', 'sample with this temperature (default: generation_config.json; greedy unless it says do_sample)')
     .option('--top-k <k>', 'sample among the k most likely tokens')
     .option('--top-p <p>', 'sample from the smallest set with this much probability (nucleus)')
     .option('--repetition-penalty <x>', 'penalise tokens already generated (1 = off)')
@@ -59,16 +59,18 @@ export function register(program: Command): void {
       const eosIds = (Array.isArray(eos) ? eos : eos === null || eos === undefined ? [] : [eos]) as number[];
       const chatEnd = o.chat ? tok.tokenToId('<|im_end|>') : null;
       if (chatEnd !== null) eosIds.push(chatEnd);
-      const num = (v: string | undefined) => (v === undefined ? undefined : Number(v));
+      // Flags win; otherwise the model's generation_config.json, as transformers' generate() does.
+      const gc = generationConfig as Record<string, number | boolean | undefined>;
+      const num = (v: string | undefined, key: string) => (v !== undefined ? Number(v) : typeof gc[key] === 'number' ? (gc[key] as number) : undefined);
       const stream = tok.decodeStream({ skipSpecialTokens: true });
-      const sample = o.temperature !== undefined || o.topK !== undefined || o.topP !== undefined;
+      const flagSample = o.temperature !== undefined || o.topK !== undefined || o.topP !== undefined;
       const r = generate(model, prompt, {
-        maxNewTokens: Number(o.maxNewTokens),
-        doSample: sample,
-        temperature: num(o.temperature),
-        topK: num(o.topK),
-        topP: num(o.topP),
-        repetitionPenalty: num(o.repetitionPenalty),
+        maxNewTokens: o.maxNewTokens !== undefined ? Number(o.maxNewTokens) : typeof gc.max_new_tokens === 'number' ? gc.max_new_tokens : 64,
+        doSample: flagSample || gc.do_sample === true,
+        temperature: num(o.temperature, 'temperature'),
+        topK: num(o.topK, 'top_k'),
+        topP: num(o.topP, 'top_p'),
+        repetitionPenalty: num(o.repetitionPenalty, 'repetition_penalty'),
         seed: Number(o.seed),
         eosTokenIds: eosIds,
         stopStrings: o.stop,
