@@ -39,7 +39,7 @@ interface TorchOut {
   torch: string;
   threads: number;
   blas: string[];
-  results: Record<string, { gflops?: number; skipped?: string }>;
+  results: Record<string, { gflops?: number; cpu_gflops?: number; skipped?: string }>;
 }
 
 const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)]!;
@@ -66,7 +66,8 @@ function shapes(with4096: boolean): Shape[] {
   return out;
 }
 
-function timeOurs(a: GemmAddon, s: Shape, rng: Rng): number {
+/** Median GFLOP/s by wall clock, and by CPU time / threads (what an unshared machine would give). */
+function timeOurs(a: GemmAddon, s: Shape, rng: Rng, threads: number): { wall: number; cpu: number } {
   const { M, N, K, tA, tB } = s;
   const A = rng.fillUniform(new Float32Array(M * K), -1, 1);
   const Bf = rng.fillUniform(new Float32Array(K * N), -1, 1);
@@ -81,13 +82,17 @@ function timeOurs(a: GemmAddon, s: Shape, rng: Rng): number {
     ? () => a.gemmBf16(tA, tB, M, N, K, 1, A, lda, Bh, ldb, s.beta, C, N)
     : () => a.gemm(tA, tB, M, N, K, 1, A, lda, Bf, ldb, s.beta, C, N);
   run();
-  const times: number[] = [];
+  const times: number[] = [], cpu: number[] = [];
   for (let i = 0; i < s.reps; i++) {
+    const c = process.cpuUsage();
     const t = performance.now();
     run();
     times.push((performance.now() - t) / 1000);
+    const u = process.cpuUsage(c);
+    cpu.push((u.user + u.system) / 1e6 / threads);
   }
-  return (2 * M * N * K) / median(times) / 1e9;
+  const flops = 2 * M * N * K;
+  return { wall: flops / median(times) / 1e9, cpu: flops / median(cpu) / 1e9 };
 }
 
 function runTorch(list: Shape[], maxSeconds: number): TorchOut | string {
@@ -128,24 +133,26 @@ export default function main(args: string[] = []): void {
   console.log(`ajuste gemm bench: ${addon.gemmIsa()}, ${threads} threads, FMA peak ${peak.toFixed(1)} GFLOP/s (fmaPeak, median of 3)`);
 
   const rng = new Rng(7);
-  const ours = new Map<string, number>();
-  for (const s of list) ours.set(s.name, timeOurs(addon, s, rng));
+  const ours = new Map<string, { wall: number; cpu: number }>();
+  for (const s of list) ours.set(s.name, timeOurs(addon, s, rng, threads));
 
   const torch = flag('--no-torch') ? 'disabled (--no-torch)' : runTorch(list, maxSeconds);
   if (typeof torch === 'string') console.log(`torch: ${torch}`);
   else
     console.log(`torch ${torch.torch}, ${torch.threads} threads, BLAS: ${torch.blas.join(', ') || 'unknown'}; bf16 = torch.mm of two bf16 tensors`);
 
-  const head = `${'shape (MxNxK)'.padEnd(32)} ${'ajuste GFLOP/s'.padStart(14)} ${'% FMA peak'.padStart(10)} ${'torch GFLOP/s'.padStart(14)} ${'ajuste/torch'.padStart(12)}`;
-  console.log(`\n${head}\n${'-'.repeat(head.length)}`);
+  const head = `${'shape (MxNxK)'.padEnd(30)} ${'ajuste'.padStart(8)} ${'% peak'.padStart(7)} ${'(cpu)'.padStart(8)} ${'torch'.padStart(8)} ${'(cpu)'.padStart(8)} ${'ajuste/torch'.padStart(12)}`;
+  console.log(`\nGFLOP/s, median of runs: wall clock; (cpu) = by CPU time / threads, i.e. unaffected by other processes`);
+  console.log(`${head}\n${'-'.repeat(head.length)}`);
   for (const s of list) {
     const g = ours.get(s.name)!;
     const t = typeof torch === 'string' ? undefined : torch.results[s.name];
     const tg = t?.gflops;
-    const pct = s.dtype === 'f32' ? `${((100 * g) / peak).toFixed(0)}%` : '';
+    const pct = s.dtype === 'f32' ? `${((100 * g.wall) / peak).toFixed(0)}%` : '';
     const tcol = tg !== undefined ? tg.toFixed(1) : t?.skipped ? 'skipped' : 'n/a';
+    const tcpu = t?.cpu_gflops !== undefined ? t.cpu_gflops.toFixed(1) : '';
     console.log(
-      `${s.name.padEnd(32)} ${g.toFixed(1).padStart(14)} ${pct.padStart(10)} ${tcol.padStart(14)} ${(tg ? `${(g / tg).toFixed(2)}x` : '').padStart(12)}`,
+      `${s.name.padEnd(30)} ${g.wall.toFixed(1).padStart(8)} ${pct.padStart(7)} ${g.cpu.toFixed(1).padStart(8)} ${tcol.padStart(8)} ${tcpu.padStart(8)} ${(tg ? `${(g.wall / tg).toFixed(2)}x` : '').padStart(12)}`,
     );
   }
   if (typeof torch !== 'string') {
