@@ -17,6 +17,16 @@ import { pyJsonDumps } from '../io/pyjson.js';
 
 export const PEFT_VERSION = '0.20.0';
 
+/** What applyIa3 / applyPromptTuning / applyPrefixTuning give the training recipe. */
+export interface PeftMethodHandle {
+  /** Trainable parameters with their names (PEFT state-dict names without base_model.model.). */
+  trainable: [string, Tensor][];
+  /** Writes adapter_config.json + adapter_model.safetensors in PEFT's layout. */
+  save(dir: string, baseModelName: string | null): void;
+  /** Reads a saved adapter's tensors into the trainable parameters (keys and shapes must match). */
+  load(dir: string): void;
+}
+
 /** Writes adapter_model.safetensors (f32 tensors by key) and adapter_config.json into dir. */
 export function writeAdapterFolder(dir: string, tensors: Map<string, Tensor>, config: Record<string, unknown>): void {
   mkdirSync(dir, { recursive: true });

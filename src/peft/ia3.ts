@@ -16,7 +16,7 @@ import { Linear4bit } from '../quant/linear4bit.js';
 import { addGradOwned, needsGrad, parameter, record } from '../tensor/autograd.js';
 import { Rng } from '../tensor/rng.js';
 import { floatLike, releaseFloat, Tensor } from '../tensor/tensor.js';
-import { ia3ConfigJson, readAdapterConfigJson, readAdapterTensors, writeAdapterFolder } from './adapter-formats.js';
+import { ia3ConfigJson, type PeftMethodHandle, readAdapterConfigJson, readAdapterTensors, writeAdapterFolder } from './adapter-formats.js';
 
 /** PEFT's IA3Config keys (the `ia3` section of a train config). */
 export interface Ia3Config {
@@ -251,16 +251,6 @@ export function mergeIa3(model: CausalLM): void {
     }
     model.replaceModule(path, new Linear(Tensor.from(w, [o, i], w instanceof Float64Array ? 'f64' : 'f32').keep(), bias));
   }
-}
-
-/** What the SFT recipe gets back from applyIa3 (same shape as the other PEFT methods). */
-export interface PeftMethodHandle {
-  /** Trainable parameters with their names (PEFT state-dict names without base_model.model.). */
-  trainable: [string, Tensor][];
-  /** Writes adapter_config.json + adapter_model.safetensors in PEFT's layout. */
-  save(dir: string, baseModelName: string | null): void;
-  /** Reads a saved adapter's tensors into the trainable parameters (shapes and keys must match). */
-  load(dir: string): void;
 }
 
 /** The PEFT key of an (IA)^3 / modules_to_save parameter. */
