@@ -146,3 +146,23 @@ describe('prompt tuning on llama-gqa against PyTorch', () => {
     expect(losses[losses.length - 1]!).toBeLessThan(losses[0]! - 0.2);
   });
 });
+
+describe('generation with a KV cache', () => {
+  for (const folder of ['llama-gqa', 'gpt2']) {
+    it(`${folder}: cached decoding (prefill, then token by token) equals the full forward`, () => {
+      const { model } = loadModelFolder(`test/fixtures/models/${folder}`);
+      applyPromptTuning(model, { num_virtual_tokens: 3 }, { rng: new Rng(9) });
+      const ids = Int32Array.of(1, 17, 42, 9, 100, 3);
+      const T = ids.length;
+      const full = noGrad(() => scope(() => Float32Array.from(model.logits(model.forwardHidden({ inputIds: ids, positionIds: Int32Array.from({ length: T }, (_, i) => i), segIds: null, B: 1, T })).f)));
+      const cache = model.newCache(T);
+      const V = model.config.vocabSize;
+      const first = noGrad(() => scope(() => Float32Array.from(model.logits(model.forwardCached(ids.subarray(0, 4), cache)).f)));
+      expectClose(first, full.subarray(0, 4 * V), 1e-5, 'prefill');
+      for (let t = 4; t < T; t++) {
+        const step = noGrad(() => scope(() => Float32Array.from(model.logits(model.forwardCached(ids.subarray(t, t + 1), cache)).f)));
+        expectClose(step, full.subarray(t * V, (t + 1) * V), 1e-5, `token ${t}`);
+      }
+    });
+  }
+});

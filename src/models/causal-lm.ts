@@ -35,6 +35,13 @@ export interface PromptHook {
   begin(h: Tensor, batch: Batch): { h: Tensor; batch: Batch };
   attention?(layer: number, q: Tensor, k: Tensor, v: Tensor, shape: AttentionShape): Tensor;
   end(h: Tensor, batch: Batch): Tensor;
+  /** Cache entries the hook puts before the first real token when generating. */
+  readonly cacheTokens?: number;
+  /**
+   * Generation: called on an empty cache. Either writes the prefix into it (and sets its length) and
+   * returns null, or returns [1, n, C] token embeddings the model runs (and caches) first.
+   */
+  prefill?(cache: KvCache): Tensor | null;
 }
 
 /** Keys and values of past tokens, per layer, for incremental decoding (batch 1). */
@@ -65,6 +72,7 @@ export abstract class CausalLM extends Module {
 
   newCache(capacity: number): KvCache {
     const c = this.config;
+    capacity += this.promptHook?.cacheTokens ?? 0;
     const size = capacity * c.kvHeads * c.headDim;
     return {
       keys: Array.from({ length: c.layers }, () => new Float32Array(size)),

@@ -131,14 +131,23 @@ export class Gpt2LMHeadModel extends CausalLM {
 
   forwardCached(ids: Int32Array, cache: KvCache): Tensor {
     return noGrad(() => {
-      const n = ids.length;
-      if (cache.length + n > cache.capacity) throw new Error(`KV cache full (${cache.capacity} tokens)`);
-      const positions = Int32Array.from({ length: n }, (_, i) => cache.length + i);
-      let h = this.embed(ids, positions, [1, n]);
-      const blocks = this.tr.getModule('h') as ModuleList<Gpt2Block>;
-      for (let i = 0; i < this.config.layers; i++) h = blocks.at(i).forwardCached(h, cache, i);
-      cache.length += n;
-      return (this.tr.getModule('ln_f') as LayerNorm).forward(h);
+      if (cache.length === 0 && this.promptHook?.prefill) {
+        const pre = this.promptHook.prefill(cache);
+        if (pre) this.runCached(pre, null, cache);
+      }
+      return this.runCached(null, ids, cache);
     });
+  }
+
+  /** Runs token ids, or [1, n, C] token embeddings (prompt tuning), through the blocks, appending to the cache. */
+  private runCached(embeds: Tensor | null, ids: Int32Array | null, cache: KvCache): Tensor {
+    const n = embeds ? embeds.dim(1) : ids!.length;
+    if (cache.length + n > cache.capacity) throw new Error(`KV cache full (${cache.capacity} tokens)`);
+    const positions = Int32Array.from({ length: n }, (_, i) => cache.length + i);
+    let h = embeds ? add(embeds, embedding(positions, (this.tr.getModule('wpe') as Embedding).weight, [1, n])) : this.embed(ids!, positions, [1, n]);
+    const blocks = this.tr.getModule('h') as ModuleList<Gpt2Block>;
+    for (let i = 0; i < this.config.layers; i++) h = blocks.at(i).forwardCached(h, cache, i);
+    cache.length += n;
+    return (this.tr.getModule('ln_f') as LayerNorm).forward(h);
   }
 }

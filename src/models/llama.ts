@@ -198,14 +198,22 @@ export class LlamaForCausalLM extends CausalLM {
 
   forwardCached(ids: Int32Array, cache: KvCache): Tensor {
     return noGrad(() => {
-      const n = ids.length;
-      if (cache.length + n > cache.capacity) throw new Error(`KV cache full (${cache.capacity} tokens)`);
-      const positions = Int32Array.from({ length: n }, (_, i) => cache.length + i);
-      const tables = this.tables(cache.length + n);
-      let h = this.inner.embed.forward(ids, [1, n]);
-      for (let i = 0; i < this.config.layers; i++) h = this.inner.layer(i).forwardCached(h, positions, tables, cache, i);
-      cache.length += n;
-      return this.inner.norm.forward(h);
+      if (cache.length === 0 && this.promptHook?.prefill) {
+        const pre = this.promptHook.prefill(cache);
+        if (pre) this.runCached(pre, cache);
+      }
+      return this.runCached(this.inner.embed.forward(ids, [1, ids.length]), cache);
     });
+  }
+
+  /** Runs [1, n, C] input embeddings through the layers, appending to the cache. */
+  private runCached(h: Tensor, cache: KvCache): Tensor {
+    const n = h.dim(1);
+    if (cache.length + n > cache.capacity) throw new Error(`KV cache full (${cache.capacity} tokens)`);
+    const positions = Int32Array.from({ length: n }, (_, i) => cache.length + i);
+    const tables = this.tables(cache.length + n);
+    for (let i = 0; i < this.config.layers; i++) h = this.inner.layer(i).forwardCached(h, positions, tables, cache, i);
+    cache.length += n;
+    return this.inner.norm.forward(h);
   }
 }

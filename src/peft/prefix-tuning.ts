@@ -20,9 +20,9 @@
 import { jsKernels } from '../kernels/js/index.js';
 import { kernels } from '../kernels/index.js';
 import type { Kernels } from '../kernels/backend.js';
-import type { Batch, CausalLM, PromptHook } from '../models/causal-lm.js';
+import type { Batch, CausalLM, KvCache, PromptHook } from '../models/causal-lm.js';
 import type { AttentionShape } from '../nn/ops/attention.js';
-import { addGradOwned, needsGrad, parameter, record } from '../tensor/autograd.js';
+import { addGradOwned, needsGrad, noGrad, parameter, record } from '../tensor/autograd.js';
 import { linear } from '../tensor/ops.js';
 import { Rng } from '../tensor/rng.js';
 import { type FloatArray, floatLike, releaseFloat, Tensor } from '../tensor/tensor.js';
@@ -182,6 +182,23 @@ export class PrefixTuningHook implements PromptHook {
   }
   end(h: Tensor): Tensor {
     return h;
+  }
+  get cacheTokens(): number {
+    return this.numVirtualTokens;
+  }
+  /** Generation: writes each layer's prefix keys/values ([P, Hkv, D], no RoPE) into an empty cache. */
+  prefill(cache: KvCache): null {
+    const table = noGrad(() => prefixTable(this.params));
+    const P = this.numVirtualTokens, W = table.dim(1), L = cache.keys.length;
+    const per = W / (2 * L);
+    if (cache.capacity < P) throw new Error(`KV cache full (${cache.capacity} tokens)`);
+    for (let l = 0; l < L; l++)
+      for (let j = 0; j < P; j++) {
+        cache.keys[l]!.set(table.f.subarray(j * W + 2 * l * per, j * W + (2 * l + 1) * per), j * per);
+        cache.values[l]!.set(table.f.subarray(j * W + (2 * l + 1) * per, j * W + (2 * l + 2) * per), j * per);
+      }
+    cache.length = P;
+    return null;
   }
 }
 

@@ -125,6 +125,13 @@ export class PromptTuningHook implements PromptHook {
   end(h: Tensor): Tensor {
     return dropLeading(h, this.numVirtualTokens);
   }
+  get cacheTokens(): number {
+    return this.numVirtualTokens;
+  }
+  /** Generation: the virtual tokens run first (positions 0..n-1), as in PEFT's generate. */
+  prefill(): Tensor {
+    return this.prompt.reshape([1, this.numVirtualTokens, this.prompt.dim(1)]);
+  }
 }
 
 /** Embedding-matrix rows as f32 (the embedding may be bf16). */
