@@ -8,6 +8,7 @@ void RegisterGemm(Napi::Env env, Napi::Object exports);       // gemm.cc
 void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
 void RegisterMmap(Napi::Env env, Napi::Object exports);       // mmap.cc
 void RegisterNf4(Napi::Env env, Napi::Object exports);        // nf4.cc
+void RegisterPointwise(Napi::Env env, Napi::Object exports);  // pointwise.cc
 
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -22,6 +23,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterAttention(env, exports);
   RegisterMmap(env, exports);
   RegisterNf4(env, exports);
+  RegisterPointwise(env, exports);
   return exports;
 }
 

@@ -54,4 +54,82 @@ export interface Kernels {
     lse: Float32Array, dq: Float32Array, dk: Float32Array, dv: Float32Array,
     B: number, T: number, H: number, Hkv: number, D: number, scale: number, segIds: Int32Array | null,
   ): void;
+
+  /**
+   * Softmax cross-entropy of `rows` rows of logits [rows, V] against labels[labelOffset + r].
+   * A row whose label is -100 (ignore_index) adds nothing and, when grad is given, gets a zero grad row.
+   * Otherwise the row adds logsumexp(row) - row[label] (a stable softmax: the row max is subtracted),
+   * and grad [rows, V] receives d(row loss)/d(logits) = softmax(row) - onehot(label).
+   * grad may be the logits buffer itself (the gradient is then written in place). Returns the summed
+   * loss (accumulated in f64). Throws on a label outside [0, V) other than -100; rows that are not
+   * finite (NaN or +-Infinity in the max) give a NaN loss.
+   */
+  crossEntropyRows(
+    logits: Float32Array, labels: Int32Array, labelOffset: number, rows: number, V: number, grad: Float32Array | null,
+  ): number;
+
+  /** SwiGLU forward: out[i] = silu(gate[i]) * up[i] for i < n (silu(v) = v * sigmoid(v)). */
+  swigluFwd(gate: Float32Array, up: Float32Array, out: Float32Array, n: number): void;
+
+  /**
+   * SwiGLU backward: given dout = dL/dout, overwrites dgate[i] = dout * up * silu'(gate) and
+   * dup[i] = dout * silu(gate), for i < n. Either output may be null (not wanted).
+   */
+  swigluBwd(
+    gate: Float32Array, up: Float32Array, dout: Float32Array, dgate: Float32Array | null, dup: Float32Array | null, n: number,
+  ): void;
+
+  /** SiLU forward: out[i] = x[i] * sigmoid(x[i]) for i < n. out may be x. */
+  siluFwd(x: Float32Array, out: Float32Array, n: number): void;
+
+  /** SiLU backward: dx[i] = dout[i] * silu'(x[i]) for i < n (overwrites dx). */
+  siluBwd(x: Float32Array, dout: Float32Array, dx: Float32Array, n: number): void;
+
+  /** GELU, tanh approximation: out[i] = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))) for i < n. */
+  geluTanhFwd(x: Float32Array, out: Float32Array, n: number): void;
+
+  /** Backward of geluTanhFwd: dx[i] = dout[i] * gelu'(x[i]) for i < n (overwrites dx). */
+  geluTanhBwd(x: Float32Array, dout: Float32Array, dx: Float32Array, n: number): void;
+
+  /**
+   * RMSNorm forward over rows of x [rows, D]: rstd[r] = 1 / sqrt(mean(x[r]^2) + eps) (kept for the
+   * backward) and out[r, j] = x[r, j] * rstd[r] * w[j].
+   */
+  rmsNormFwd(
+    x: Float32Array, w: Float32Array, out: Float32Array, rstd: Float32Array, rows: number, D: number, eps: number,
+  ): void;
+
+  /**
+   * Backward of rmsNormFwd given dout [rows, D] and the saved rstd [rows]. With xhat = x * rstd:
+   * dx[r] = rstd[r] * (dout[r] * w - xhat[r] * mean_j(dout[r] * w * xhat[r])) (overwritten), and
+   * dw[j] = sum over rows of dout[r, j] * xhat[r, j] (OVERWRITTEN with the sum, not added to dw).
+   * Either output may be null.
+   */
+  rmsNormBwd(
+    dout: Float32Array, x: Float32Array, w: Float32Array, rstd: Float32Array,
+    dx: Float32Array | null, dw: Float32Array | null, rows: number, D: number,
+  ): void;
+
+  /**
+   * Rotary embedding (rotate_half convention) of x [tokens, heads, D] into out (same shape; may be x):
+   * for i < half, with c = cos[p*half + i], s = sign * sin[p*half + i] and p = positions[t],
+   * out[i] = x[i] c - x[i+half] s and out[i+half] = x[i+half] c + x[i] s; dims from 2*half on are
+   * copied. sign = 1 is the forward, -1 its backward (the inverse rotation). Throws on a position
+   * outside the tables [cos.length / half, half].
+   */
+  ropeApply(
+    x: Float32Array, out: Float32Array, positions: Int32Array, cos: Float32Array, sin: Float32Array,
+    tokens: number, heads: number, D: number, half: number, sign: number,
+  ): void;
+
+  /**
+   * One AdamW update of n elements, as torch.optim.AdamW (decoupled weight decay), computed in f64
+   * and stored in f32:  m = b1 m + (1-b1) g;  v = b2 v + (1-b2) g^2;
+   * w = w (1 - lr wd) - (lr / bc1) m / (sqrt(v) / bc2 + eps), with bc1 = 1 - b1^t and
+   * bc2 = sqrt(1 - b2^t) passed in by the caller.
+   */
+  adamwStep(
+    w: Float32Array, g: Float32Array, m: Float32Array, v: Float32Array, n: number,
+    lr: number, beta1: number, beta2: number, eps: number, weightDecay: number, bc1: number, bc2: number,
+  ): void;
 }

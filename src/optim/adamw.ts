@@ -2,6 +2,8 @@
  * AdamW exactly as torch.optim.AdamW (decoupled weight decay, bias correction), and plain SGD.
  * States are f32 arrays per parameter; `stateDict()` / `loadStateDict()` serve checkpoints.
  */
+import { kernels } from '../kernels/index.js';
+import { jsKernels } from '../kernels/js/index.js';
 import type { Tensor } from '../tensor/tensor.js';
 
 export interface ParamGroup {
@@ -54,19 +56,15 @@ export class AdamW implements Optimizer {
     const { b1, b2, eps, lr } = this;
     const bc1 = 1 - b1 ** this.t;
     const bc2 = Math.sqrt(1 - b2 ** this.t);
-    const stepSize = lr / bc1;
+    const K = kernels();
     for (const group of this.groups) {
-      const decay = 1 - lr * group.weightDecay;
       for (const p of group.params) {
         if (!p.grad) continue;
         const w = p.f, g = p.grad.f;
         const m = this.m.get(p)!, v = this.v.get(p)!;
-        for (let i = 0; i < w.length; i++) {
-          const gi = g[i]!;
-          const mi = (m[i] = b1 * m[i]! + (1 - b1) * gi);
-          const vi = (v[i] = b2 * v[i]! + (1 - b2) * gi * gi);
-          w[i] = w[i]! * decay - (stepSize * mi) / (Math.sqrt(vi) / bc2 + eps);
-        }
+        // f64 parameters (gradient checks) take the generic js kernel; the kernel types are f32.
+        const k = w instanceof Float64Array || g instanceof Float64Array ? jsKernels : K;
+        k.adamwStep(w as Float32Array, g as Float32Array, m, v, w.length, lr, b1, b2, eps, group.weightDecay, bc1, bc2);
       }
     }
   }

@@ -1,7 +1,37 @@
 /** Pointwise activations, SwiGLU, softmax and dropout, forward and backward side by side. */
 import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
 import type { Rng } from '../../tensor/rng.js';
-import { floatLike, Tensor } from '../../tensor/tensor.js';
+import { type FloatArray, floatLike, Tensor } from '../../tensor/tensor.js';
+import type { Kernels } from '../../kernels/backend.js';
+import { kernels } from '../../kernels/index.js';
+import { jsKernels } from '../../kernels/js/index.js';
+
+/** The kernels for a buffer: f64 (gradient checks) runs on the js kernels, f32 on the active ones. */
+function kernelsFor(buf: FloatArray): Kernels {
+  return buf instanceof Float64Array ? jsKernels : kernels();
+}
+
+type F32 = Float32Array;
+
+/** A pointwise op whose forward and backward are kernels (the kernel types are f32; the js ones are generic). */
+function pointwiseKernel(
+  x: Tensor, op: string,
+  fwd: (k: Kernels, x: F32, out: F32, n: number) => void,
+  bwd: (k: Kernels, x: F32, dout: F32, dx: F32, n: number) => void,
+): Tensor {
+  const out = Tensor.empty(x.shape, x.dtype);
+  const X = x.f;
+  const K = kernelsFor(X);
+  fwd(K, X as F32, out.f as F32, out.f.length);
+  if (needsGrad(x)) {
+    record(op, [x], out, (g) => {
+      const gx = floatLike(g, g.length, false);
+      bwd(K, X as F32, g as F32, gx as F32, g.length);
+      addGradOwned(x, gx);
+    });
+  }
+  return out;
+}
 
 function pointwise(x: Tensor, op: string, f: (v: number) => number, df: (v: number) => number): Tensor {
   const out = Tensor.empty(x.shape, x.dtype);
@@ -17,29 +47,13 @@ function pointwise(x: Tensor, op: string, f: (v: number) => number, df: (v: numb
   return out;
 }
 
-const sigmoid = (v: number): number => 1 / (1 + Math.exp(-v));
-
 export function silu(x: Tensor): Tensor {
-  return pointwise(x, 'silu', (v) => v * sigmoid(v), (v) => {
-    const s = sigmoid(v);
-    return s * (1 + v * (1 - s));
-  });
+  return pointwiseKernel(x, 'silu', (k, X, Y, n) => k.siluFwd(X, Y, n), (k, X, g, gx, n) => k.siluBwd(X, g, gx, n));
 }
-
-const GELU_C = Math.sqrt(2 / Math.PI);
 
 /** GELU, tanh approximation ('gelu_new', 'gelu_pytorch_tanh'). */
 export function geluTanh(x: Tensor): Tensor {
-  return pointwise(
-    x,
-    'geluTanh',
-    (v) => 0.5 * v * (1 + Math.tanh(GELU_C * (v + 0.044715 * v * v * v))),
-    (v) => {
-      const u = GELU_C * (v + 0.044715 * v * v * v);
-      const t = Math.tanh(u);
-      return 0.5 * (1 + t) + 0.5 * v * (1 - t * t) * GELU_C * (1 + 3 * 0.044715 * v * v);
-    },
-  );
+  return pointwiseKernel(x, 'geluTanh', (k, X, Y, n) => k.geluTanhFwd(X, Y, n), (k, X, g, gx, n) => k.geluTanhBwd(X, g, gx, n));
 }
 
 /** GELU with the exact erf ('gelu'). */
@@ -56,21 +70,15 @@ export function geluErf(x: Tensor): Tensor {
 export function swiglu(gate: Tensor, up: Tensor): Tensor {
   if (gate.size !== up.size) throw new Error(`swiglu: ${gate.describe()} and ${up.describe()} differ in size`);
   const out = Tensor.empty(gate.shape, gate.dtype);
-  const G = gate.f, U = up.f, Y = out.f;
-  for (let i = 0; i < Y.length; i++) {
-    const v = G[i]!;
-    Y[i] = (v / (1 + Math.exp(-v))) * U[i]!;
-  }
+  const G = gate.f, U = up.f;
+  // The kernel types are f32; the js kernels (used for f64) are generic.
+  const K = kernelsFor(G);
+  K.swigluFwd(G as F32, U as F32, out.f as F32, out.f.length);
   if (needsGrad(gate, up)) {
     record('swiglu', [gate, up], out, (g) => {
       const gg = gate.requiresGrad ? floatLike(g, g.length, false) : null;
       const gu = up.requiresGrad ? floatLike(g, g.length, false) : null;
-      for (let i = 0; i < g.length; i++) {
-        const v = G[i]!;
-        const s = 1 / (1 + Math.exp(-v));
-        if (gg) gg[i] = g[i]! * U[i]! * s * (1 + v * (1 - s));
-        if (gu) gu[i] = g[i]! * v * s;
-      }
+      K.swigluBwd(G as F32, U as F32, g as F32, gg as F32 | null, gu as F32 | null, g.length);
       if (gg) addGradOwned(gate, gg);
       if (gu) addGradOwned(up, gu);
     });

@@ -6,6 +6,9 @@
 import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
 import { type FloatArray, floatLike, releaseFloat, Tensor } from '../../tensor/tensor.js';
 import { gemmBf16For, gemmFor } from '../../tensor/ops.js';
+import type { Kernels } from '../../kernels/backend.js';
+import { kernels } from '../../kernels/index.js';
+import { jsKernels } from '../../kernels/js/index.js';
 
 export const IGNORE_INDEX = -100;
 
@@ -21,29 +24,15 @@ export function countTargets(labels: Int32Array): number {
   return n;
 }
 
+/** The kernels for a buffer: f64 (gradient checks) runs on the js kernels, f32 on the active ones. */
+function kernelsFor(buf: FloatArray): Kernels {
+  return buf instanceof Float64Array ? jsKernels : kernels();
+}
+
 /** Softmax cross-entropy of rows of `logits` against `labels`; writes d(loss_sum)/d(logits) into grad if given. */
 function ceRows(logits: FloatArray, labels: Int32Array, rows: number, V: number, grad: FloatArray | null, labelOffset = 0): number {
-  let total = 0;
-  for (let r = 0; r < rows; r++) {
-    const y = labels[labelOffset + r]!;
-    const o = r * V;
-    if (y === IGNORE_INDEX) {
-      if (grad) grad.fill(0, o, o + V);
-      continue;
-    }
-    if (y < 0 || y >= V) throw new Error(`cross-entropy: label ${y} at position ${labelOffset + r} is outside the vocabulary (size ${V})`);
-    let m = -Infinity;
-    for (let j = 0; j < V; j++) m = Math.max(m, logits[o + j]!);
-    let s = 0;
-    for (let j = 0; j < V; j++) s += Math.exp(logits[o + j]! - m);
-    const lse = m + Math.log(s);
-    total += lse - logits[o + y]!;
-    if (grad) {
-      for (let j = 0; j < V; j++) grad[o + j] = Math.exp(logits[o + j]! - lse);
-      grad[o + y]! -= 1;
-    }
-  }
-  return total;
+  // The kernel types are f32; the js kernels (used for f64) are generic.
+  return kernelsFor(logits).crossEntropyRows(logits as Float32Array, labels, labelOffset, rows, V, grad as Float32Array | null);
 }
 
 /** Cross-entropy of logits [N, V] against labels [N] (ignore_index -100). Returns a scalar. */

@@ -1,6 +1,10 @@
 /** RMSNorm and LayerNorm over the last axis, forward and backward side by side. */
 import { addGradOwned, needsGrad, record } from '../../tensor/autograd.js';
 import { type FloatArray, floatLike, releaseFloat, Tensor } from '../../tensor/tensor.js';
+import { kernels } from '../../kernels/index.js';
+import { jsKernels } from '../../kernels/js/index.js';
+
+type F32 = Float32Array;
 
 /** y = x / sqrt(mean(x^2) + eps) * w  (Llama's RMSNorm; the normalisation is computed in f32 or f64). */
 export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
@@ -8,31 +12,16 @@ export function rmsNorm(x: Tensor, w: Tensor, eps: number): Tensor {
   const rows = x.size / D;
   const out = Tensor.empty(x.shape, x.dtype);
   const X = x.f, Y = out.f, W = w.f;
+  // f64 (gradient checks) runs on the js kernels, f32 on the active ones; the kernel types are f32.
+  const K = X instanceof Float64Array ? jsKernels : kernels();
   const rstd = floatLike(X, rows, false);
-  for (let r = 0; r < rows; r++) {
-    const o = r * D;
-    let ss = 0;
-    for (let j = 0; j < D; j++) ss += X[o + j]! * X[o + j]!;
-    const s = 1 / Math.sqrt(ss / D + eps);
-    rstd[r] = s;
-    for (let j = 0; j < D; j++) Y[o + j] = X[o + j]! * s * W[j]!;
-  }
+  K.rmsNormFwd(X as F32, W as F32, Y as F32, rstd as F32, rows, D, eps);
   if (needsGrad(x, w)) {
     record('rmsNorm', [x, w], out, (g) => {
       // xhat = x*s; y = xhat*w.  dx = s * (g*w - xhat * mean(g*w*xhat)),  dw = sum_rows g*xhat
       const gx = x.requiresGrad ? floatLike(g, x.size, false) : null;
-      const gw = w.requiresGrad ? floatLike(g, D) : null;
-      for (let r = 0; r < rows; r++) {
-        const o = r * D, s = rstd[r]!;
-        let dot = 0;
-        for (let j = 0; j < D; j++) dot += g[o + j]! * W[j]! * X[o + j]! * s;
-        dot /= D;
-        for (let j = 0; j < D; j++) {
-          const xhat = X[o + j]! * s;
-          if (gx) gx[o + j] = s * (g[o + j]! * W[j]! - xhat * dot);
-          if (gw) gw[j]! += g[o + j]! * xhat;
-        }
-      }
+      const gw = w.requiresGrad ? floatLike(g, D, false) : null;
+      K.rmsNormBwd(g as F32, X as F32, W as F32, rstd as F32, gx as F32 | null, gw as F32 | null, rows, D);
       if (gx) addGradOwned(x, gx);
       if (gw) addGradOwned(w, gw);
     }, () => releaseFloat(rstd));
