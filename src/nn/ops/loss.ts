@@ -59,7 +59,7 @@ export function crossEntropy(logits: Tensor, labels: Int32Array, opts: LossOptio
 
 /**
  * loss = CE(h · W^T, labels) without materialising all logits: h [N, H], W [V, H] (f32/f64, or bf16
- * frozen). Processes `chunkTokens` rows at a time (default: about 2M logits, 8 MB, per chunk).
+ * frozen). Processes `chunkTokens` rows at a time (default: about 8M logits, 32 MB, per chunk).
  */
 export function linearCrossEntropy(
   h: Tensor, W: Tensor, labels: Int32Array, opts: LossOptions & { chunkTokens?: number } = {},
@@ -69,7 +69,8 @@ export function linearCrossEntropy(
   if (labels.length !== N) throw new Error(`linearCrossEntropy: ${labels.length} labels for ${N} rows`);
   const count = countTargets(labels);
   const div = opts.reduction === 'sum' ? 1 : Math.max(count, 1);
-  const chunk = Math.max(1, Math.min(N, opts.chunkTokens ?? (Math.floor((2 * 1024 * 1024) / V) || 1)));
+  // About 8M logits (32 MB in f32) per chunk: enough rows for an efficient GEMM, far below [N x V].
+  const chunk = Math.max(1, Math.min(N, opts.chunkTokens ?? Math.max(32, Math.floor((8 * 1024 * 1024) / V))));
   const wantH = needsGrad(h), wantW = needsGrad(W);
   const H = h.f;
   const gh = wantH ? floatLike(H, h.size) : null;
