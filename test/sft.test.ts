@@ -6,7 +6,7 @@ import { Tokenizer } from '../src/data/tokenizer.js';
 import { generate } from '../src/eval/generate.js';
 import { loadModelFolder } from '../src/models/load.js';
 import { loadAdapter } from '../src/peft/adapter-io.js';
-import { runSft } from '../src/train/sft.js';
+import { runSft, type SftConfig } from '../src/train/sft.js';
 import { baseConfig, FACTS, makeTinyModelDir, writeFactsJsonl } from './e2e-helpers.js';
 
 describe('LoRA instruction fine-tuning end to end (library API)', () => {
@@ -35,4 +35,26 @@ describe('LoRA instruction fine-tuning end to end (library API)', () => {
     const g = generate(model, prompt, { maxNewTokens: 8, eosTokenIds: [tok.eosId!] });
     expect(tok.decode(g.tokens, { skipSpecialTokens: true })).toBe(a);
   });
+});
+
+describe('other PEFT methods through the recipe', () => {
+  for (const [method, extra] of [
+    ['ia3', { ia3: { target_modules: ['k_proj', 'v_proj', 'down_proj'], feedforward_modules: ['down_proj'] } }],
+    ['prompt_tuning', { prompt_tuning: { num_virtual_tokens: 4 } }],
+    ['prefix_tuning', { prefix_tuning: { num_virtual_tokens: 4 } }],
+    ['ln_tuning', {}],
+  ] as const) {
+    it(`${method}: the loss falls and the adapter (or model) is saved`, async () => {
+      const modelDir = makeTinyModelDir({ seed: 2 });
+      const work = mkdtempSync(join(tmpdir(), `ajuste-${method}-`));
+      const out = join(work, 'out');
+      const rows: Record<string, number>[] = [];
+      await runSft({ ...baseConfig(modelDir, writeFactsJsonl(work), out), method, ...extra, max_steps: 20, logging_steps: 5, save_steps: 10, learning_rate: 2e-2 } as SftConfig, { onLog: (r) => rows.push(r) });
+      const losses = rows.filter((r) => r.loss !== undefined).map((r) => r.loss!);
+      expect(losses[losses.length - 1]!).toBeLessThan(losses[0]!);
+      const saved = method === 'ln_tuning' ? 'model.safetensors' : 'adapter_model.safetensors';
+      expect(existsSync(join(out, saved))).toBe(true);
+      if (method !== 'ln_tuning') expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).peft_type).toBe(method.toUpperCase());
+    });
+  }
 });

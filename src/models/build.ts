@@ -88,12 +88,19 @@ export function buildModel(config: ModelConfig, weights: Map<string, RawTensor>,
       throw new UserError(`tensor '${name}' has shape [${raw.shape}] but the config implies [${stored}]`);
     }
     const keep16 = big && raw.dtype === 'BF16' && want !== 'float32' && !conv;
-    if (keep16) return Tensor.from(new Uint16Array(raw.data.buffer, raw.data.byteOffset, raw.shape.reduce((a, b) => a * b, 1)), shape, 'bf16');
+    // Views over the source (possibly a read-only memory mapping) are marked readOnly: parameter() copies them.
+    if (keep16) {
+      const t = Tensor.from(new Uint16Array(raw.data.buffer, raw.data.byteOffset, raw.shape.reduce((a, b) => a * b, 1)), shape, 'bf16');
+      t.readOnly = true;
+      return t;
+    }
     let f = widen(raw, name);
     if (conv) f = transpose(f, stored[0]!, stored[1]!);
     else if (opts.writable && f.buffer === raw.data.buffer) f = f.slice();
     if (big && want === 'bfloat16') return Tensor.from(f32ToBf16(f), shape, 'bf16');
-    return Tensor.from(f, shape, 'f32');
+    const t = Tensor.from(f, shape, 'f32');
+    t.readOnly = f.buffer === raw.data.buffer;
+    return t;
   };
   const weight = (name: string, shape: number[]) => tensor(name, shape, /embed_tokens|wte|wpe/.test(name));
   const makeLinear = (name: string, outF: number, inF: number, bias: boolean): (Linear | Linear4bit) & Module => {

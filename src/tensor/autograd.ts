@@ -205,6 +205,7 @@ export function tapeLength(): number {
 
 /** A trainable parameter: persistent, requiresGrad, named. */
 export function parameter(t: Tensor, name = ''): Tensor {
+  t.makeWritable();
   t.requiresGrad = true;
   t.persistent = true;
   t.name = name;

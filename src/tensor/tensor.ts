@@ -44,6 +44,11 @@ export class Tensor {
   name = '';
   /** Parameters and other long-lived tensors are never disposed by scopes or backward. */
   persistent = false;
+  /**
+   * The storage is a view over memory that must not be written (a read-only memory-mapped checkpoint).
+   * `parameter()` gives such a tensor a private copy before it can train.
+   */
+  readOnly = false;
   private storage: Storage | null;
   /** Whether the storage came from memory.ts (and goes back there on dispose). */
   private readonly owned: boolean;
@@ -135,6 +140,14 @@ export class Tensor {
     this.storage = null;
     this.node = null;
     this.gradBuf = null;
+  }
+
+  /** Replaces a read-only storage by a private, writable copy (no-op otherwise). */
+  makeWritable(): this {
+    if (!this.readOnly) return this;
+    this.storage = this.data.slice() as Storage;
+    this.readOnly = false;
+    return this;
   }
 
   /** Marks the tensor long-lived: scopes and backward will not free it. */

@@ -22,7 +22,10 @@ import { Linear4bit, logicalParameterCount, type Quant4Options } from '../quant/
 import { warmupSteps } from '../optim/schedule.js';
 import { loadAdapterWeights, saveAdapter } from '../peft/adapter-io.js';
 import { type LoraConfig, loraConfig } from '../peft/config.js';
-import { applyLora, type LoraApplied } from '../peft/lora.js';
+import { applyLora } from '../peft/lora.js';
+import { applyIa3, type Ia3Config } from '../peft/ia3.js';
+import { applyPrefixTuning, type PrefixTuningConfig } from '../peft/prefix-tuning.js';
+import { applyPromptTuning, type PromptTuningConfig } from '../peft/prompt-tuning.js';
 import { saveMergedModel } from '../peft/merge.js';
 import { parameter } from '../tensor/autograd.js';
 import { Rng } from '../tensor/rng.js';
@@ -38,6 +41,9 @@ export interface SftConfig {
   method: 'lora' | 'qlora' | 'full' | 'bitfit' | 'ln_tuning' | string;
   init_from_scratch?: boolean;
   lora?: Partial<LoraConfig>;
+  ia3?: Partial<Ia3Config>;
+  prompt_tuning?: Partial<PromptTuningConfig>;
+  prefix_tuning?: Partial<PrefixTuningConfig>;
   dataset_path: string;
   eval_dataset_path?: string | null;
   eval_split?: number;
@@ -110,11 +116,32 @@ function splitRecords(records: DataRecord[], fraction: number, seed: number): [D
   return [records.filter((_, i) => !evalSet.has(i)), records.filter((_, i) => evalSet.has(i))];
 }
 
+/** What a method trains, and how its trainable state is saved and restored (adapter files, or raw weights). */
+interface Trainable {
+  trainable: [string, Tensor][];
+  /** A PEFT adapter (LoRA, IA3, prompt/prefix tuning): written to output_dir at the end instead of a full model. */
+  adapter: { save(dir: string): void; load(dir: string): void } | null;
+}
+
 /** Marks the parameters a method trains; returns them with their names. */
-function selectTrainable(model: CausalLM, method: string, lora: LoraConfig, seed: number, dropoutRng: Rng): { trainable: [string, Tensor][]; applied: LoraApplied | null } {
+function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: LoraConfig, tok: Tokenizer, dropoutRng: Rng): Trainable {
+  const seed = c.seed;
+  const base = c.model_name_or_path;
   if (method === 'lora' || method === 'qlora') {
     const applied = applyLora(model, lora, new Rng(seed), dropoutRng);
-    return { trainable: applied.trainable, applied };
+    return { trainable: applied.trainable, adapter: { save: (d) => saveAdapter(d, lora, applied, base), load: (d) => loadAdapterWeights(d, model, applied) } };
+  }
+  const handle =
+    method === 'ia3'
+      ? applyIa3(model, c.ia3 ?? {}, new Rng(seed))
+      : method === 'prompt_tuning'
+        ? applyPromptTuning(model, c.prompt_tuning ?? {}, { rng: new Rng(seed), encode: (t) => tok.encode(t), tokenizerNameOrPath: base })
+        : method === 'prefix_tuning'
+          ? applyPrefixTuning(model, c.prefix_tuning ?? {}, { rng: new Rng(seed) })
+          : null;
+  if (handle) {
+    if (method === 'prompt_tuning' && c.packing) throw new UserError('packing is not supported with prompt_tuning (the virtual tokens go in front of each row)', 'set packing: false');
+    return { trainable: handle.trainable, adapter: { save: (d) => handle.save(d, base), load: (d) => handle.load(d) } };
   }
   const pick: Record<string, (name: string) => boolean> = {
     full: () => true,
@@ -122,14 +149,14 @@ function selectTrainable(model: CausalLM, method: string, lora: LoraConfig, seed
     ln_tuning: (n) => /norm|ln_\d|ln_f/.test(n),
   };
   const want = pick[method];
-  if (!want) throw new UserError(`method '${method}' is not available in this version`, 'use one of: lora, full, bitfit, ln_tuning');
+  if (!want) throw new UserError(`method '${method}' is not available`, 'use one of: lora, qlora, full, bitfit, ln_tuning, ia3, prompt_tuning, prefix_tuning');
   const trainable: [string, Tensor][] = [];
   for (const [name, p] of model.namedParameters()) {
     p.requiresGrad = false;
     if (want(name)) trainable.push([name, parameter(p, name)]);
   }
   if (trainable.length === 0) throw new UserError(`method '${method}' found nothing to train in this model (e.g. bitfit on a model without biases)`);
-  return { trainable, applied: null };
+  return { trainable, adapter: null };
 }
 
 function makeOptimizer(c: SftConfig, trainable: [string, Tensor][]): Optimizer {
@@ -205,7 +232,7 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   }
   const dropoutRng = new Rng(c.seed + 1);
   const lora = loraConfig(c.lora ?? {});
-  const { trainable, applied } = selectTrainable(model, method, lora, c.seed, dropoutRng);
+  const { trainable, adapter } = selectTrainable(model, c, method, lora, tok, dropoutRng);
   const totalParams = logicalParameterCount(model);
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
@@ -239,19 +266,12 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   const optimizer = makeOptimizer(c, trainable);
   const evalSteps = c.eval_strategy === 'no' || !evalBatches ? 0 : c.eval_strategy === 'epoch' ? perEpoch : (c.eval_steps ?? c.logging_steps);
 
-  const io: CheckpointIO = applied
-    ? {
-        save: (d) => saveAdapter(d, lora, applied, c.model_name_or_path),
-        load: (d) => loadAdapterWeights(d, model, applied),
-        state: () => ({ dropout_rng: dropoutRng.getState() }),
-        restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
-      }
-    : {
-        save: (d) => saveTrainableWeights(d, trainable),
-        load: (d) => loadTrainableWeights(d, trainable),
-        state: () => ({ dropout_rng: dropoutRng.getState() }),
-        restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
-      };
+  const io: CheckpointIO = {
+    save: (d) => (adapter ? adapter.save(d) : saveTrainableWeights(d, trainable)),
+    load: (d) => (adapter ? adapter.load(d) : loadTrainableWeights(d, trainable)),
+    state: () => ({ dropout_rng: dropoutRng.getState() }),
+    restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
+  };
 
   let resumeFrom: string | null = null;
   if (c.resume_from_checkpoint === true) {
@@ -292,7 +312,7 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   // Final artefacts in output_dir itself, as trainer.save_model() does.
   if (!result.stoppedEarly) {
     mkdirSync(c.output_dir, { recursive: true });
-    if (applied) saveAdapter(c.output_dir, lora, applied, c.model_name_or_path);
+    if (adapter) adapter.save(c.output_dir);
     else saveMergedModel(model, dir, c.output_dir);
     for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
       if (existsSync(join(dir, f))) copyFileSync(join(dir, f), join(c.output_dir, f));
