@@ -14,7 +14,7 @@ export function scoreCompletions(model: CausalLM, tok: Tokenizer, prompts: strin
   prompts.forEach((p, item) => {
     let ids = tok.encode(p);
     if (o.maxPromptTokens && ids.length > o.maxPromptTokens) ids = ids.slice(ids.length - o.maxPromptTokens);
-    cand.forEach((c, choice) => seqs.push({ ids: [...ids, ...c], start: ids.length, item, choice }));
+    for (const [choice, c] of cand.entries()) seqs.push({ ids: [...ids, ...c], start: ids.length, item, choice });
   });
   const out = prompts.map(() => candidates.map(() => 0));
   const bs = o.batchSize ?? 8;

@@ -30,12 +30,15 @@ export interface FrozenWeight {
 
 /** y = x W^T + b with W [out, in] (f32, or bf16 when frozen). */
 export class Linear extends Module implements LinearLike, FrozenWeight {
-  constructor(
-    public weight: Tensor,
-    public bias: Tensor | null = null,
-  ) {
+  constructor(weight: Tensor, bias: Tensor | null = null) {
     super();
     this.params = { weight, bias };
+  }
+  get weight(): Tensor {
+    return this.params.weight!;
+  }
+  get bias(): Tensor | null {
+    return this.params.bias ?? null;
   }
   get inFeatures(): number {
     return this.weight.dim(1);
@@ -64,16 +67,17 @@ export class Linear extends Module implements LinearLike, FrozenWeight {
   }
   /** Re-reads weight/bias after the params map changed (e.g. a dtype conversion). */
   setWeight(w: Tensor, b: Tensor | null = this.bias): void {
-    this.weight = w;
-    this.bias = b;
     this.params = { weight: w, bias: b };
   }
 }
 
 export class Embedding extends Module {
-  constructor(public weight: Tensor) {
+  constructor(weight: Tensor) {
     super();
     this.params = { weight };
+  }
+  get weight(): Tensor {
+    return this.params.weight!;
   }
   forward(ids: Int32Array, shape: readonly number[]): Tensor {
     return embedding(ids, this.weight, shape);
@@ -82,11 +86,14 @@ export class Embedding extends Module {
 
 export class RMSNorm extends Module {
   constructor(
-    public weight: Tensor,
+    weight: Tensor,
     public eps: number,
   ) {
     super();
     this.params = { weight };
+  }
+  get weight(): Tensor {
+    return this.params.weight!;
   }
   forward(x: Tensor): Tensor {
     return rmsNorm(x, this.weight, this.eps);
@@ -95,12 +102,18 @@ export class RMSNorm extends Module {
 
 export class LayerNorm extends Module {
   constructor(
-    public weight: Tensor,
-    public bias: Tensor | null,
+    weight: Tensor,
+    bias: Tensor | null,
     public eps: number,
   ) {
     super();
     this.params = { weight, bias };
+  }
+  get weight(): Tensor {
+    return this.params.weight!;
+  }
+  get bias(): Tensor | null {
+    return this.params.bias ?? null;
   }
   forward(x: Tensor): Tensor {
     return layerNorm(x, this.weight, this.bias, this.eps);

@@ -64,6 +64,15 @@ export abstract class Module {
     return m;
   }
 
+  /** Replaces the parameter at a dotted path (e.g. a bf16 weight by an f32 copy that will train). */
+  replaceParameter(path: string, t: Tensor): void {
+    const i = path.lastIndexOf('.');
+    const owner = i < 0 ? this : this.getModule(path.slice(0, i));
+    const local = path.slice(i + 1);
+    if (!(local in owner.params)) throw new Error(`no parameter at '${path}'`);
+    owner.params[local] = t;
+  }
+
   /** Subclasses that cache child references update them here. */
   protected onChildReplaced(_name: string, _m: Module): void {}
 

@@ -228,9 +228,14 @@ export function applyLora(model: CausalLM, c: LoraConfig, rng: Rng, dropoutRng: 
     const moduleName = name.replace(/\.(weight|bias)$/, '');
     const isSaved = c.modules_to_save !== null && matchesList(moduleName, c.modules_to_save);
     if (isLora || isBias || isSaved) {
-      if (p.dtype !== 'f32') throw new UserError(`${name} is ${p.dtype}; trainable parameters must be f32 (load the model with torch_dtype float32 to train it)`);
-      parameter(p, name);
-      trainable.push([name, p]);
+      // Trainable copies are f32 (a bf16 base keeps its frozen weights in bf16).
+      let t = p;
+      if (p.dtype === 'bf16') {
+        t = Tensor.from(bf16ToF32(p.data as Uint16Array), [...p.shape], 'f32');
+        model.replaceParameter(name, t);
+      }
+      parameter(t, name);
+      trainable.push([name, t]);
     }
   }
   if (c.modules_to_save) {
