@@ -31,6 +31,7 @@ import { parameter } from '../tensor/autograd.js';
 import { Rng } from '../tensor/rng.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { type CheckpointIO, latestCheckpoint } from './checkpoint.js';
+import { estimateMemory, formatMB, type MemoryOptions } from './memory-estimate.js';
 import { runTrainer, type TrainResult } from './trainer.js';
 
 /** The keys of the training config this recipe reads (snake_case, as TRL / transformers / PEFT name them). */
@@ -237,6 +238,27 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
 
+  // What the run should need, before it starts (the same arithmetic as `ajuste memory`).
+  if (method === 'full' || method === 'lora' || method === 'qlora') {
+    try {
+      const lc = method === 'full' ? null : lora;
+      const est = estimateMemory(modelConfig, {
+        method,
+        r: lc?.r,
+        targets: lc ? (lc.target_modules === 'all-linear' ? 'all-linear' : Array.isArray(lc.target_modules) ? lc.target_modules : undefined) : undefined,
+        loraDropout: lc?.lora_dropout,
+        batch: c.per_device_train_batch_size,
+        maxLength: c.max_length,
+        optim: c.optim as MemoryOptions['optim'],
+        gradientCheckpointing: c.gradient_checkpointing ?? false,
+        doubleQuant: load4bit?.doubleQuant,
+      });
+      info(`memory estimate: ${formatMB(est.total)} MB (weights ${formatMB(est.weights)}, gradients ${formatMB(est.gradients)}, optimizer ${formatMB(est.optimizer.resident)}, activations ${formatMB(est.activations?.peak ?? 0)} MB at batch ${c.per_device_train_batch_size} x ${c.max_length})`);
+    } catch (e) {
+      info(`memory estimate unavailable: ${(e as Error).message}`);
+    }
+  }
+
   // Data
   const read = readRecords(c.dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field });
   if (read.skipped) info(`skipped ${read.skipped} bad records in ${c.dataset_path}`);
@@ -318,6 +340,7 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
       if (existsSync(join(dir, f))) copyFileSync(join(dir, f), join(c.output_dir, f));
     }
   }
+  info(`measured peak memory (RSS): ${result.peakRssMb.toFixed(0)} MB`);
   const summary = {
     ...result,
     outputDir: c.output_dir,
