@@ -24,7 +24,7 @@ import { closeSync, existsSync, fstatSync, openSync, readdirSync, readFileSync, 
 import { constants as bufferConstants } from 'node:buffer';
 import { basename, join } from 'node:path';
 import { UserError } from '../errors.js';
-import { loadAddon } from '../kernels/native/index.js';
+import { loadAddon } from './addon.js';
 import { writeFileAtomic } from './atomic.js';
 import { DTYPES, isSafetensorsDtype, SAFETENSORS_DTYPES, type SafetensorsDtype, type TypedArray } from './dtypes.js';
 

@@ -1,19 +1,13 @@
 /** `ajuste demo [--quick]` (what `npm start` runs): fine-tune the bundled model to tell spam from ham. */
 import { existsSync } from 'node:fs';
-import { dirname, join } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import type { Command } from 'commander';
 import { UserError } from '../../errors.js';
 import { formatResults, runSpamDemo } from '../../demo/spam.js';
+import { packageRoot } from '../../io/addon.js';
 import { contextFor } from '../context.js';
 
 export const BUNDLED_MODEL = 'models/ajuste-base-2m';
-
-function packageRoot(): string {
-  let dir = dirname(fileURLToPath(import.meta.url));
-  while (!existsSync(join(dir, 'package.json'))) dir = dirname(dir);
-  return dir;
-}
 
 export function register(program: Command): void {
   program
