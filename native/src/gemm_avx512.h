@@ -26,8 +26,9 @@
 // AVX512_BF16 (vdpbf16ps: per f32 lane, acc += a[2i] b[2i] + a[2i+1] b[2i+1] over bf16 pairs): B is packed
 // as bf16 pairs along k (k, k+1 in one 32-bit lane), and so is A, after rounding its f32 values to bf16
 // (round to nearest even, _mm512_cvtne2ps_pbh). That rounding of the activations is what PyTorch's bf16
-// autocast does; it costs about 3 significant digits on A (relative error <= 2^-9 per element) in exchange
-// for twice the multiply throughput and half the packed-A bytes. The sums stay in f32. The user turns it
+// autocast does; it keeps 8 significant bits of A (relative error <= 2^-8 per element, so a dot product is
+// off by at most 2^-8 sum |a||b| more than in f32) in exchange for twice the multiply throughput and half
+// the packed-A bytes. The sums stay in f32. The user turns it
 // off with AJUSTE_BF16_DOT=0 (gemm.cc), which takes the widening f32 path instead.
 //
 // Results are bitwise independent of the number of threads: block sizes depend on K only, threads own
