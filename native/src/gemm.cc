@@ -71,29 +71,34 @@ namespace avx512 {
 #include "gemm_avx512.h"
 #pragma GCC diagnostic pop
 
-// Peak FMA throughput of one thread with zmm registers (see avx2::fma_loop): 24 independent chains.
+// Peak FMA throughput of one thread with zmm registers (see avx2::fma_loop): 24 independent chains in
+// named variables (an array would live in memory across the empty asm statements that keep them alive).
 AJ_T512 double fma_loop(double seconds) {
   const __m512 m = _mm512_set1_ps(0.999999f), d = _mm512_set1_ps(1e-6f);
-  __m512 x[24];
-  for (int i = 0; i < 24; i++) x[i] = _mm512_set1_ps(1.0f + 0.05f * i);
+#define AJ_X(i) __m512 x##i = _mm512_set1_ps(1.0f + 0.05f * i);
+  AJ_X(0) AJ_X(1) AJ_X(2) AJ_X(3) AJ_X(4) AJ_X(5) AJ_X(6) AJ_X(7) AJ_X(8) AJ_X(9) AJ_X(10) AJ_X(11)
+  AJ_X(12) AJ_X(13) AJ_X(14) AJ_X(15) AJ_X(16) AJ_X(17) AJ_X(18) AJ_X(19) AJ_X(20) AJ_X(21) AJ_X(22) AJ_X(23)
+#undef AJ_X
+#define AJ_F(i) x##i = _mm512_fmadd_ps(x##i, m, d);
   using clk = std::chrono::steady_clock;
   const auto start = clk::now();
   double best = 0;
   for (;;) {
     const auto t0 = clk::now();
     for (int it = 0; it < 4096; it++) {
-#pragma GCC unroll 24
-      for (int i = 0; i < 24; i++) x[i] = _mm512_fmadd_ps(x[i], m, d);
-      __asm__ volatile("" : "+v"(x[0]), "+v"(x[1]), "+v"(x[2]), "+v"(x[3]), "+v"(x[4]), "+v"(x[5]), "+v"(x[6]),
-                       "+v"(x[7]), "+v"(x[8]), "+v"(x[9]), "+v"(x[10]), "+v"(x[11]));
-      __asm__ volatile("" : "+v"(x[12]), "+v"(x[13]), "+v"(x[14]), "+v"(x[15]), "+v"(x[16]), "+v"(x[17]),
-                       "+v"(x[18]), "+v"(x[19]), "+v"(x[20]), "+v"(x[21]), "+v"(x[22]), "+v"(x[23]));
+      AJ_F(0) AJ_F(1) AJ_F(2) AJ_F(3) AJ_F(4) AJ_F(5) AJ_F(6) AJ_F(7) AJ_F(8) AJ_F(9) AJ_F(10) AJ_F(11)
+      AJ_F(12) AJ_F(13) AJ_F(14) AJ_F(15) AJ_F(16) AJ_F(17) AJ_F(18) AJ_F(19) AJ_F(20) AJ_F(21) AJ_F(22) AJ_F(23)
+      __asm__ volatile("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5), "+v"(x6), "+v"(x7),
+                       "+v"(x8), "+v"(x9), "+v"(x10), "+v"(x11));
+      __asm__ volatile("" : "+v"(x12), "+v"(x13), "+v"(x14), "+v"(x15), "+v"(x16), "+v"(x17), "+v"(x18),
+                       "+v"(x19), "+v"(x20), "+v"(x21), "+v"(x22), "+v"(x23));
     }
     const auto t1 = clk::now();
     const double dt = std::chrono::duration<double>(t1 - t0).count();
     if (dt > 0) best = std::max(best, 2.0 * 4096 * 24 * 16 / dt / 1e9);
     if (std::chrono::duration<double>(t1 - start).count() >= seconds) break;
   }
+#undef AJ_F
   return best;
 }
 #undef AJ_T512
