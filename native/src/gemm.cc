@@ -135,6 +135,8 @@ bool os_saves_zmm() {
 bool cpu_has_avx512bf16() {
   unsigned a, b, c, d;
   if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  if (a < 1) return false;  // leaf 7 has no subleaf 1
   __cpuid_count(7, 1, a, b, c, d);
   return (a >> 5) & 1u;
 }

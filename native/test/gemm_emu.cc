@@ -2,6 +2,7 @@
 // x86 or non-x86 machine, by compiling it against native/test/avx512_emu.h, a scalar emulation of the
 // intrinsics it uses. Built and run by test/native-avx512-emu.test.ts:
 //   g++ -O1 -std=c++17 -pthread native/test/gemm_emu.cc -o gemm_emu && ./gemm_emu
+// (add -fsanitize=address,undefined to also catch reads past the operands: about 3x slower, so not in CI).
 // Paths: f32 (B f32), widen (B bf16 widened to f32 while packing), dot (AVX512_BF16: A rounded to bf16,
 // vdpbf16ps), each solved directly and transposed (C^T = op(B)^T op(A)^T written with C's columns ldc
 // apart, as gemm.cc does for skinny shapes). Each result is compared with a double-precision reference
