@@ -152,7 +152,11 @@ AJ_T512BF void pack_pairs(const T* x, long ls, long ks, int count, int kc, uint3
           }
           const T* s = base + l * ls;
           int p = 0;
-          for (; 2 * p + 1 < kc; p++) o[(long)p * R] = (uint32_t)s[2L * p * ks] | (uint32_t)s[(2L * p + 1) * ks] << 16;
+          if (ks == 1) {  // the pair is one little-endian 32-bit word in memory
+            for (; 2 * p + 1 < kc; p++) std::memcpy(o + (long)p * R, s + 2 * p, 4);
+          } else {
+            for (; 2 * p + 1 < kc; p++) o[(long)p * R] = (uint32_t)s[2L * p * ks] | (uint32_t)s[(2L * p + 1) * ks] << 16;
+          }
           if (p < np) o[(long)p * R] = s[2L * p * ks];
         }
       }
