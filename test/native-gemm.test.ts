@@ -56,8 +56,20 @@ function widen(h: Uint16Array): Float32Array {
   return new Float32Array(w.buffer);
 }
 
+// The error allowed, relative to what was summed (|alpha| sum |a||b| + |beta c|). f32 sums: 1e-5. On an
+// AVX512_BF16 machine gemmBf16's packed path rounds A to bf16 (nearest even, as PyTorch's autocast does):
+// each a_k moves by at most 2^-8 |a_k| (8 significant bits), so the sum moves by at most 2^-8 sum |a||b|,
+// on top of the f32 rounding. The js reference keeps A in f32, hence that much more for gemmBf16 there.
+const F32_TOL = 1e-5;
+const BF16_DOT_TOL = 2 ** -8 + F32_TOL;
+let bf16DotIsa: boolean | undefined;
+function bf16Tol(): number {
+  bf16DotIsa ??= addon().gemmIsa() === 'avx512bf16';
+  return bf16DotIsa ? BF16_DOT_TOL : F32_TOL;
+}
+
 /** Runs one case on native and js; returns the worst relative error and checks the untouched padding. */
-function check(c: Case, seed: number, k: Kernels, tol = 1e-5): void {
+function check(c: Case, seed: number, k: Kernels, tol = c.bf16 ? bf16Tol() : F32_TOL): void {
   const rng = new Rng(seed);
   const { M, N, K, tA, tB } = c;
   const alpha = c.alpha ?? 1, beta = c.beta ?? 0, off = c.offset ?? 0;
@@ -121,7 +133,7 @@ const SHAPES: [number, number, number][] = [
 describe('native gemm vs js', () => {
   it('exports the kernels and reports its instruction set', () => {
     const a = addon();
-    expect(['avx2+fma', 'scalar']).toContain(a.gemmIsa());
+    expect(['avx512bf16', 'avx512f', 'avx2+fma', 'scalar']).toContain(a.gemmIsa());
     expect(nativeKernels()!.gemm).toBe(a.gemm);
     expect(nativeKernels()!.gemmBf16).toBe(a.gemmBf16);
   });
@@ -266,6 +278,36 @@ for (const [tA, tB, M, N, K] of [[false, false, 300, 301, 299], [false, true, 37
 }
 console.log(JSON.stringify({ threads: a.info().threads, hash: h.digest('hex') }));
 `;
+
+// AJUSTE_ISA caps the flavour (never raises it) and AJUSTE_BF16_DOT=0 turns off the bf16 dot products;
+// both are read once per process, so each setting runs in a child process.
+describe('native gemm instruction set choice', () => {
+  const RANK = ['scalar', 'avx2+fma', 'avx512f', 'avx512bf16'];
+  const isaWith = (env: Record<string, string>): { isa: string; stderr: string } => {
+    const file = join(process.cwd(), 'build', 'Release', 'ajuste_native.node');
+    const r = spawnSync(process.execPath, ['-e', 'console.log(require(process.argv[1]).gemmIsa())', file], {
+      env: { ...process.env, AJUSTE_ISA: '', AJUSTE_BF16_DOT: '', ...env },
+      encoding: 'utf8',
+    });
+    expect(r.status, r.stderr).toBe(0);
+    return { isa: r.stdout.trim(), stderr: r.stderr };
+  };
+
+  it('AJUSTE_ISA=scalar|avx2|avx512f|avx512 caps the detected flavour; AJUSTE_BF16_DOT=0 drops avx512bf16', () => {
+    addon();
+    const best = isaWith({}).isa;
+    expect(RANK).toContain(best);
+    const capped = (cap: string) => RANK[Math.min(RANK.indexOf(best), RANK.indexOf(cap))];
+    expect(isaWith({ AJUSTE_ISA: 'scalar' }).isa).toBe('scalar');
+    expect(isaWith({ AJUSTE_ISA: 'avx2' }).isa).toBe(capped('avx2+fma'));
+    expect(isaWith({ AJUSTE_ISA: 'avx512f' }).isa).toBe(capped('avx512f'));
+    expect(isaWith({ AJUSTE_ISA: 'avx512' }).isa).toBe(best);
+    expect(isaWith({ AJUSTE_BF16_DOT: '0' }).isa).toBe(best === 'avx512bf16' ? 'avx512f' : best);
+    const bad = isaWith({ AJUSTE_ISA: 'sse9' });
+    expect(bad.isa).toBe(best);
+    expect(bad.stderr).toMatch(/AJUSTE_ISA=sse9 is not one of scalar, avx2, avx512f, avx512; ignored/);
+  });
+});
 
 describe('native gemm threads', () => {
   it('AJUSTE_THREADS=1 and =2 give bitwise identical results', () => {

@@ -1,78 +1,52 @@
-// Row-major SGEMM for the addon: gemm (f32 B) and gemmBf16 (bf16 B widened to f32 while packing),
-// with exactly the signatures of src/kernels/backend.ts, plus fmaPeak(seconds) (the bench's measure
-// of this CPU's FMA throughput over the thread pool) and gemmIsa / gemmForceScalar (tests).
+// Row-major SGEMM for the addon: gemm (f32 B) and gemmBf16 (bf16 B), with exactly the signatures of
+// src/kernels/backend.ts, plus fmaPeak(seconds) (the bench's measure of this CPU's FMA throughput over the
+// thread pool) and gemmIsa / gemmForceScalar (tests).
 //
-// The engine (packing, micro-kernels, blocking, threads) is native/src/gemm_impl.h, compiled here
-// once per instruction set: `scalar` (portable C++) and, on x86, `avx2` (AVX2+FMA intrinsics in
-// functions marked __attribute__((target("avx2,fma")))). The build has no -march flag: the flavour
-// is chosen at run time with __builtin_cpu_supports. An AVX-512 flavour would be one more include
-// and one more line in pick_isa().
+// The build has no -march flag: one generic binary holds every flavour of the engine and picks one at run
+// time (pick_isa(), from cpuid and the OS's saved register state):
+//   - avx512bf16: gemm as avx512f; gemmBf16 through AVX512_BF16 (vdpbf16ps), which rounds A to bf16
+//     (nearest even) as PyTorch's autocast does; AJUSTE_BF16_DOT=0 turns that off (then: avx512f).
+//   - avx512f:    native/src/gemm_avx512.h, 12x32 zmm kernels; bf16 B widened to f32 while packing.
+//   - avx2+fma:   native/src/gemm_impl.h with AVX2+FMA intrinsics, 6x16 and 12x8 ymm kernels.
+//   - scalar:     native/src/gemm_impl.h in portable C++.
+// AJUSTE_ISA=scalar|avx2|avx512f|avx512 caps the choice (for a machine where a path misbehaves). Each
+// flavour's functions carry __attribute__((target(...))), so no instruction runs on a CPU without it.
+// The AVX-512 paths are tested on AVX2-only machines (this project's and CI's) by compiling gemm_avx512.h
+// against a scalar emulation of its intrinsics (native/test/avx512_emu.h, test/native-avx512-emu.test.ts);
+// they have not been run or measured on AVX-512 hardware here.
 //
-// Shapes: M*N*K < 32768 takes a plain loop (no packing, no threads). N <= 8 (LoRA's rank-r shapes) takes
-// a 12x8 kernel, which reads A unpacked when its rows are contiguous; some skinny shapes are solved
-// transposed (see gemm() below); the other shapes take a 6x16 kernel.
+// Shapes: M*N*K < 32768 takes a plain loop (no packing, no threads). Some skinny shapes are solved
+// transposed (see gemm() below). N <= 8 (LoRA's rank-r shapes) takes the 12x8 kernels of the AVX2 flavour
+// on AVX-512 machines too (a 16-lane zmm would carry half empty lanes), which reads A unpacked when its
+// rows are contiguous; the other shapes take the wide kernel of the chosen flavour.
 #include <napi.h>
 
 #include <algorithm>
+#include <array>
 #include <chrono>
 #include <cctype>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <new>
 #include <string>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
+#include "gemm_common.h"
 #include "threads.h"
 
 #if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
 #include <immintrin.h>
 #define AJ_GEMM_X86 1
 #endif
 
 namespace ajuste_gemm {
 namespace {  // internal linkage: direct calls, no PLT, free to inline
-
-// A matrix given by strides: element (r, c) is p[r * rs + c * cs].
-template <typename T>
-struct Mat {
-  const T* p;
-  long rs, cs;
-};
-
-inline float widen(float x) { return x; }
-inline float widen(uint16_t h) {
-  const uint32_t u = (uint32_t)h << 16;
-  float f;
-  std::memcpy(&f, &u, sizeof f);
-  return f;
-}
-
-inline int ceil_div(int a, int b) { return (a + b - 1) / b; }
-inline long ceil_div(long a, long b) { return (a + b - 1) / b; }
-inline int round_up(int a, int b) { return ceil_div(a, b) * b; }
-
-// A growable 64-byte aligned scratch buffer (one per thread and use).
-struct Buf {
-  float* p = nullptr;
-  size_t n = 0;
-  float* get(size_t need) {
-    if (need > n) {
-      std::free(p);
-      const size_t bytes = ((need * sizeof(float) + 63) / 64) * 64;
-      p = static_cast<float*>(std::aligned_alloc(64, bytes));
-      if (!p) {
-        n = 0;
-        throw std::bad_alloc();
-      }
-      n = need;
-    }
-    return p;
-  }
-  ~Buf() { std::free(p); }
-};
 
 namespace scalar {
 #define AJ_GEMM_AVX2 0
@@ -86,28 +60,145 @@ namespace avx2 {
 #include "gemm_impl.h"
 #undef AJ_GEMM_AVX2
 }  // namespace avx2
+
+namespace avx512 {
+#define AJ_T512 __attribute__((target("avx512f,avx2,fma")))
+#define AJ_T512BF __attribute__((target("avx512f,avx512bf16,avx2,fma")))
+// gcc 12 warns that _mm512_undefined_epi32() in its own avx512fintrin.h "may be used uninitialized" (a
+// false positive on that header's self-initialisation idiom, fixed in gcc 13).
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#include "gemm_avx512.h"
+#pragma GCC diagnostic pop
+
+// Peak FMA throughput of one thread with zmm registers (see avx2::fma_loop): 24 independent chains in
+// named variables (an array would live in memory across the empty asm statements that keep them alive).
+AJ_T512 double fma_loop(double seconds) {
+  const __m512 m = _mm512_set1_ps(0.999999f), d = _mm512_set1_ps(1e-6f);
+#define AJ_X(i) __m512 x##i = _mm512_set1_ps(1.0f + 0.05f * i);
+  AJ_X(0) AJ_X(1) AJ_X(2) AJ_X(3) AJ_X(4) AJ_X(5) AJ_X(6) AJ_X(7) AJ_X(8) AJ_X(9) AJ_X(10) AJ_X(11)
+  AJ_X(12) AJ_X(13) AJ_X(14) AJ_X(15) AJ_X(16) AJ_X(17) AJ_X(18) AJ_X(19) AJ_X(20) AJ_X(21) AJ_X(22) AJ_X(23)
+#undef AJ_X
+#define AJ_F(i) x##i = _mm512_fmadd_ps(x##i, m, d);
+  using clk = std::chrono::steady_clock;
+  const auto start = clk::now();
+  double best = 0;
+  for (;;) {
+    const auto t0 = clk::now();
+    for (int it = 0; it < 4096; it++) {
+      AJ_F(0) AJ_F(1) AJ_F(2) AJ_F(3) AJ_F(4) AJ_F(5) AJ_F(6) AJ_F(7) AJ_F(8) AJ_F(9) AJ_F(10) AJ_F(11)
+      AJ_F(12) AJ_F(13) AJ_F(14) AJ_F(15) AJ_F(16) AJ_F(17) AJ_F(18) AJ_F(19) AJ_F(20) AJ_F(21) AJ_F(22) AJ_F(23)
+      __asm__ volatile("" : "+v"(x0), "+v"(x1), "+v"(x2), "+v"(x3), "+v"(x4), "+v"(x5), "+v"(x6), "+v"(x7),
+                       "+v"(x8), "+v"(x9), "+v"(x10), "+v"(x11));
+      __asm__ volatile("" : "+v"(x12), "+v"(x13), "+v"(x14), "+v"(x15), "+v"(x16), "+v"(x17), "+v"(x18),
+                       "+v"(x19), "+v"(x20), "+v"(x21), "+v"(x22), "+v"(x23));
+    }
+    const auto t1 = clk::now();
+    const double dt = std::chrono::duration<double>(t1 - t0).count();
+    if (dt > 0) best = std::max(best, 2.0 * 4096 * 24 * 16 / dt / 1e9);
+    if (std::chrono::duration<double>(t1 - start).count() >= seconds) break;
+  }
+#undef AJ_F
+  return best;
+}
+#undef AJ_T512
+#undef AJ_T512BF
+}  // namespace avx512
 #endif
 
-enum class Isa { Scalar, Avx2 };
+// Ordered: a cap keeps the lower of the detected and the asked-for flavour.
+enum class Isa { Scalar, Avx2, Avx512, Avx512Bf16 };
+
+const char* isa_name(Isa i) {
+  switch (i) {
+    case Isa::Avx512Bf16: return "avx512bf16";
+    case Isa::Avx512: return "avx512f";
+    case Isa::Avx2: return "avx2+fma";
+    default: return "scalar";
+  }
+}
+
+#ifdef AJ_GEMM_X86
+// The OS saves (and so lets programs use) the SSE, AVX and AVX-512 registers: XCR0 bits 1-2 (xmm, ymm
+// upper halves) and 5-7 (opmask k0-k7, zmm upper halves, zmm16-31). A CPU can have AVX-512 that the
+// kernel (or a hypervisor) has left off; using it then faults.
+bool os_saves_zmm() {
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d) || !(c & (1u << 27))) return false;  // OSXSAVE: xgetbv usable
+  unsigned lo, hi;
+  __asm__ volatile("xgetbv" : "=a"(lo), "=d"(hi) : "c"(0));
+  return (lo & 0xE6u) == 0xE6u;
+}
+
+// AVX512_BF16: cpuid leaf 7 subleaf 1, EAX bit 5. (gcc 12 also knows __builtin_cpu_supports("avx512bf16");
+// asking cpuid directly keeps the check independent of the compiler's version.)
+bool cpu_has_avx512bf16() {
+  unsigned a, b, c, d;
+  if (__get_cpuid_max(0, nullptr) < 7) return false;
+  __cpuid_count(7, 0, a, b, c, d);
+  if (a < 1) return false;  // leaf 7 has no subleaf 1
+  __cpuid_count(7, 1, a, b, c, d);
+  return (a >> 5) & 1u;
+}
+#endif
 
 Isa detect_isa() {
 #ifdef AJ_GEMM_X86
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return Isa::Avx2;
-#endif
+  if (!(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))) return Isa::Scalar;
+  if (!(__builtin_cpu_supports("avx512f") && os_saves_zmm())) return Isa::Avx2;
+  return cpu_has_avx512bf16() ? Isa::Avx512Bf16 : Isa::Avx512;
+#else
   return Isa::Scalar;
+#endif
+}
+
+// The detected flavour, capped by AJUSTE_ISA and with AJUSTE_BF16_DOT=0 turning off the bf16 dot products.
+Isa choose_isa() {
+  Isa isa = detect_isa();
+  if (const char* s = std::getenv("AJUSTE_ISA"); s && *s) {
+    const std::string v(s);
+    Isa cap = Isa::Avx512Bf16;
+    if (v == "scalar") cap = Isa::Scalar;
+    else if (v == "avx2" || v == "avx2+fma") cap = Isa::Avx2;
+    else if (v == "avx512f") cap = Isa::Avx512;
+    else if (v == "avx512" || v == "avx512bf16") cap = Isa::Avx512Bf16;
+    else
+      std::fprintf(stderr, "ajuste: AJUSTE_ISA=%s is not one of scalar, avx2, avx512f, avx512; ignored\n", s);
+    isa = std::min(isa, cap);
+  }
+  if (const char* s = std::getenv("AJUSTE_BF16_DOT"); s && std::strcmp(s, "0") == 0 && isa == Isa::Avx512Bf16)
+    isa = Isa::Avx512;
+  return isa;
 }
 
 bool force_scalar = false;
 
 Isa pick_isa() {
-  static const Isa best = detect_isa();
+  static const Isa best = choose_isa();
   return force_scalar ? Isa::Scalar : best;
 }
 
-const char* isa_name(Isa i) { return i == Isa::Avx2 ? "avx2+fma" : "scalar"; }
-
 constexpr double SMALL = 32768;  // M*N*K below this: plain loop
+
+// C (rsc, csc) = alpha * op(A) op(B) + beta * C on the packed engines, M, N, K > 0. The AVX-512 flavours
+// take N > 8; N <= 8 stays on the AVX2 flavour's skinny kernels (every AVX-512 CPU has AVX2 and FMA).
+template <typename TA, typename TB>
+void run_isa(Isa isa, int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>& B, float beta, float* C,
+             long rsc, long csc) {
+#ifdef AJ_GEMM_X86
+  if (isa >= Isa::Avx512 && N > 8) {
+    if constexpr (sizeof(TA) == 2 || sizeof(TB) == 2) {  // gemmBf16 (B, or A' = B^T in the transposed solve)
+      if (isa == Isa::Avx512Bf16) return avx512::run_bf16dot(M, N, K, alpha, A, B, beta, C, rsc, csc);
+    }
+    return avx512::run(M, N, K, alpha, A, B, beta, C, rsc, csc);
+  }
+  if (isa >= Isa::Avx2) return avx2::run(M, N, K, alpha, A, B, beta, C, rsc, csc);
+#else
+  (void)isa;
+#endif
+  scalar::run(M, N, K, alpha, A, B, beta, C, rsc, csc);
+}
 
 template <typename TB>
 void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const float* A, long lda, const TB* B, long ldb,
@@ -128,26 +219,20 @@ void gemm(bool transA, bool transB, int M, int N, int K, float alpha, const floa
     static thread_local std::vector<float> acc;
     if (acc.size() < (size_t)N) acc.resize(N);
 #ifdef AJ_GEMM_X86
-    if (isa == Isa::Avx2) return avx2::small_gemm(M, N, K, alpha, a, b, beta, C, ldc, acc.data());
+    if (isa >= Isa::Avx2) return avx2::small_gemm(M, N, K, alpha, a, b, beta, C, ldc, acc.data());
 #endif
     return scalar::small_gemm(M, N, K, alpha, a, b, beta, C, ldc, acc.data());
   }
   // Solve C^T [N,M] = op(B)^T op(A)^T (C^T stored with rows 1 apart, columns ldc apart) when that turns a
   // skinny shape into one whose big operand streams in long contiguous runs: M <= 8 with B stored [N,K]
   // becomes N' <= 8 with A' rows contiguous (the unpacked 12x8 kernel); N <= 8 with A stored [K,M] becomes
-  // M' <= 8 with B' rows contiguous (packed in long rows for the 6x16 kernel).
+  // M' <= 8 with B' rows contiguous (packed in long rows for the wide kernel).
   if ((M <= 8 && N > 8 && transB) || (N <= 8 && M > 8 && transA)) {
     const Mat<TB> bt{B, b.cs, b.rs};
     const Mat<float> at{A, a.cs, a.rs};
-#ifdef AJ_GEMM_X86
-    if (isa == Isa::Avx2) return avx2::run(N, M, K, alpha, bt, at, beta, C, 1, ldc);
-#endif
-    return scalar::run(N, M, K, alpha, bt, at, beta, C, 1, ldc);
+    return run_isa(isa, N, M, K, alpha, bt, at, beta, C, 1, ldc);
   }
-#ifdef AJ_GEMM_X86
-  if (isa == Isa::Avx2) return avx2::run(M, N, K, alpha, a, b, beta, C, ldc, 1);
-#endif
-  scalar::run(M, N, K, alpha, a, b, beta, C, ldc, 1);
+  run_isa(isa, M, N, K, alpha, a, b, beta, C, ldc, 1);
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -279,6 +364,7 @@ Napi::Value FmaPeak(const Napi::CallbackInfo& info) {
   pool.parallel_for(n, [&](long b, long e, int) {
     for (long i = b; i < e; i++) {
 #ifdef AJ_GEMM_X86
+      if (isa >= Isa::Avx512) { g[i] = avx512::fma_loop(s); continue; }
       if (isa == Isa::Avx2) { g[i] = avx2::fma_loop(s); continue; }
 #endif
       g[i] = scalar::fma_loop(s);

@@ -1,10 +1,10 @@
 // One instruction-set flavour of the GEMM engine. gemm.cc includes this file once per flavour, each
 // time inside its own namespace, with AJ_GEMM_AVX2 set to 0 (portable scalar C++) or 1 (AVX2+FMA
-// intrinsics, every function that may hold SIMD code marked AJ_TARGET = target("avx2,fma")).
-// To add a flavour (e.g. AVX-512 with a 6x32 / 12x16 kernel): include this file once more with the
-// kernels written for it, and add the check to pick_isa() in gemm.cc.
+// intrinsics, every function that may hold SIMD code marked AJ_TARGET = target("avx2,fma")). The
+// AVX-512 flavour (12x32 zmm kernels, AVX512_BF16 for bf16 B) is gemm_avx512.h, written so that it also
+// compiles against a scalar emulation of its intrinsics for testing; gemm.cc picks among them at run time.
 //
-// Uses from gemm.cc: Mat<T>, widen(), Buf, round_up(), ceil_div(), ajuste::ThreadPool.
+// Uses from gemm_common.h: Mat<T>, widen(), Buf, round_up(), ceil_div(); from threads.h: ajuste::ThreadPool.
 //
 // Algorithm (GotoBLAS / BLIS): C[M,N] = alpha * A[M,K] B[K,N] + beta * C, operands given by strides.
 //   for jc in N by NC:                     (B block KC x NC, packed in NR-column panels, lives in L2/L3)
