@@ -5,6 +5,11 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { loadModelFolder } from '../src/models/load.js';
 import { noGrad, scope } from '../src/tensor/autograd.js';
 
+// The fixtures are PyTorch with f32 activations. On a CPU with AVX512_BF16, gemmBf16 would round the activations
+// to bf16 (as autocast does); this file checks the exact f32-activation path, so it turns that off (read at the
+// first GEMM; vitest runs each file in its own process).
+process.env.AJUSTE_BF16_DOT = '0';
+
 const names = ['llama-gqa', 'llama-gqa-bf16', 'llama-tied-rope3', 'qwen2', 'gpt2'];
 
 function fixture(name: string) {
