@@ -68,6 +68,12 @@ export interface Kernels {
     logits: Float32Array, labels: Int32Array, labelOffset: number, rows: number, V: number, grad: Float32Array | null,
   ): number;
 
+  /**
+   * Elementwise sum: out[i] = a[i] + b[i] for i < n (residual adds, gradient accumulation). out may be
+   * a or b. Plain f32 additions, so every backend gives the same bits.
+   */
+  addVec(a: Float32Array, b: Float32Array, out: Float32Array, n: number): void;
+
   /** SwiGLU forward: out[i] = silu(gate[i]) * up[i] for i < n (silu(v) = v * sigmoid(v)). */
   swigluFwd(gate: Float32Array, up: Float32Array, out: Float32Array, n: number): void;
 

@@ -5,7 +5,7 @@
  */
 import { gemm as jsGemm, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
 import { kernels } from '../kernels/index.js';
-import { addGrad, addGradOwned, needsGrad, record } from './autograd.js';
+import { addGrad, addGradOwned, needsGrad, passGrad, record } from './autograd.js';
 import { type FloatArray, floatLike, numel, releaseFloat, Tensor } from './tensor.js';
 
 type Gemm = (
@@ -95,12 +95,22 @@ function binary(
   const out = floatOut(a, shape);
   const x = a.f, y = b.f, o = out.f;
   const n = o.length;
-  for (let k = 0; k < n; k++) {
-    const u = x[ia ? ia[k]! : k]!, v = y[ib ? ib[k]! : k]!;
-    o[k] = op === 'add' ? u + v : op === 'sub' ? u - v : u * v;
+  if (op === 'add' && !ia && !ib && x instanceof Float32Array && y instanceof Float32Array) {
+    kernels().addVec(x, y, o as Float32Array, n); // residual adds: same shapes, f32
+  } else {
+    for (let k = 0; k < n; k++) {
+      const u = x[ia ? ia[k]! : k]!, v = y[ib ? ib[k]! : k]!;
+      o[k] = op === 'add' ? u + v : op === 'sub' ? u - v : u * v;
+    }
   }
   if (needsGrad(a, b)) {
     record(op, [a, b], out, (g) => {
+      if (op === 'add' && !ia && !ib) {
+        // The sum passes its gradient through unchanged: hand the buffer itself to one input.
+        if (a.requiresGrad) passGrad(out, a, g);
+        if (b.requiresGrad) passGrad(out, b, g);
+        return;
+      }
       if (a.requiresGrad) {
         let ga: FloatArray = g;
         if (op === 'mul') {
