@@ -44,6 +44,14 @@ export function profiledKernels(k: Kernels): Kernels {
         add(`${name} ${M}x${N}x${K}${tA ? ' tA' : ''}${tB ? ' tB' : ''}`, performance.now() - t, 2 * M * N * K);
         return r;
       };
+    } else if (name === 'gemmAtB') {
+      out[name] = (...a: unknown[]) => {
+        const [M, N, K] = a as [number, number, number];
+        const t = performance.now();
+        const r = f(...a);
+        add(`${name} ${M}x${N}x${K}`, performance.now() - t, 2 * M * N * K);
+        return r;
+      };
     } else {
       out[name] = (...a: unknown[]) => {
         const t = performance.now();

@@ -3,7 +3,7 @@
  * Each op's backward is written next to its forward. Float ops run in f32, or in f64 on the js
  * kernels (used by the finite-difference tests).
  */
-import { gemm as jsGemm, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
+import { gemm as jsGemm, gemmAtB as jsGemmAtB, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
 import { kernels } from '../kernels/index.js';
 import { addGrad, addGradOwned, needsGrad, passGrad, record } from './autograd.js';
 import { type FloatArray, floatLike, numel, releaseFloat, Tensor } from './tensor.js';
@@ -20,6 +20,16 @@ type GemmBf16 = (
 /** The GEMM for buffers of this float type: native for f32, js for f64. */
 export function gemmFor(x: FloatArray): Gemm {
   return x instanceof Float64Array ? jsGemm : (kernels().gemm as Gemm);
+}
+
+type GemmAtB = (
+  M: number, N: number, K: number, alpha: number, A: FloatArray, lda: number, B: FloatArray, ldb: number,
+  beta: number, C: FloatArray, ldc: number,
+) => void;
+
+/** C = alpha A^T B + beta C for a small M (LoRA's weight gradients): the kernel for f32, js for f64. */
+export function gemmAtBFor(x: FloatArray): GemmAtB {
+  return x instanceof Float64Array ? jsGemmAtB : (kernels().gemmAtB as GemmAtB);
 }
 
 export function gemmBf16For(x: FloatArray): GemmBf16 {
