@@ -1,6 +1,7 @@
 // Native pointwise / row-wise kernels (native/src/pointwise.cc) against the js reference
 // (src/kernels/js/pointwise.ts), in both native flavours (avx2 where the CPU has it, and scalar):
-// cross-entropy rows, SwiGLU, SiLU, GELU (tanh), RMSNorm, RoPE, AdamW, and the vectorised exp.
+// cross-entropy rows, SwiGLU, SiLU, GELU (tanh), RMSNorm, RoPE, AdamW, the elementwise sum and the
+// vectorised exp.
 import { afterAll, describe, expect, it } from 'vitest';
 import type { Kernels } from '../src/kernels/backend.js';
 import { jsKernels } from '../src/kernels/js/index.js';
@@ -108,6 +109,29 @@ describe('native pointwise kernels', () => {
       maxUlp = Math.max(maxUlp, Math.abs(bits(o) - bits(r)));
     }
     expect(maxUlp).toBeLessThanOrEqual(2);
+  });
+
+  it('addVec: bit-identical to the js sum, also in place (out = a or b), odd sizes', () => {
+    const k = native();
+    const rng = new Rng(11);
+    for (const n of SIZES) {
+      const a = randn(n, rng), b = randn(n, rng, 3);
+      const ref = new Float32Array(n);
+      jsKernels.addVec(a, b, ref, n);
+      const out = new Float32Array(n).fill(Number.NaN);
+      k.addVec(a, b, out, n);
+      expect(out, `n=${n}`).toEqual(ref);
+      const a2 = a.slice(), b2 = b.slice();
+      k.addVec(a2, b, a2, n);
+      k.addVec(a, b2, b2, n);
+      expect(a2).toEqual(ref);
+      expect(b2).toEqual(ref);
+      // a prefix only
+      const part = a.slice();
+      k.addVec(part, b, part, n >> 1);
+      expect(part.subarray(n >> 1)).toEqual(a.subarray(n >> 1));
+    }
+    expect(() => k.addVec(new Float32Array(3), new Float32Array(2), new Float32Array(3), 3)).toThrow(/b has 2 elements/);
   });
 
   for (const [flavour, scalar] of flavours) {

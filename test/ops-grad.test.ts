@@ -20,6 +20,15 @@ describe('finite-difference gradients (f64, js kernels)', () => {
     gradCheck(([a]) => sum(a!), [r(3, 2)]);
     gradCheck(([a]) => mean(a!), [r(3, 2)]);
   });
+  it('gradients passed on without a copy (same-shape add, reshape) stay right when reused', () => {
+    // a feeds a sum twice and a view once: a.grad must collect all three paths.
+    gradCheck(([x]) => {
+      const a = scale(x!, 1.5);
+      const b = add(a, a);
+      return mul(add(b.reshape([6]), a.reshape([6])).reshape([2, 3]), add(a, x!));
+    }, [r(2, 3)]);
+    gradCheck(([x, y]) => add(add(x!, y!), add(y!, x!)), [r(4, 3), r(4, 3)]);
+  });
   it('matmul in every transpose combination, batched and with a shared right operand', () => {
     for (const transA of [false, true])
       for (const transB of [false, true]) {

@@ -9,6 +9,7 @@ void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
 void RegisterMmap(Napi::Env env, Napi::Object exports);       // mmap.cc
 void RegisterNf4(Napi::Env env, Napi::Object exports);        // nf4.cc
 void RegisterPointwise(Napi::Env env, Napi::Object exports);  // pointwise.cc
+void RegisterSkinny(Napi::Env env, Napi::Object exports);     // skinny.cc
 
 static Napi::Value Info(const Napi::CallbackInfo& info) {
   Napi::Object o = Napi::Object::New(info.Env());
@@ -24,6 +25,7 @@ static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   RegisterMmap(env, exports);
   RegisterNf4(env, exports);
   RegisterPointwise(env, exports);
+  RegisterSkinny(env, exports);
   return exports;
 }
 

@@ -53,9 +53,24 @@ inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 //            St replaced by exp(St - m_new) (0 where St is -inf).                 cols % 8 == 0.
 //   p_ds:    St <- P = exp(St - L[i]); dPt <- P * (dPt - Di[i]).                  cols % 8 == 0.
 // ---------------------------------------------------------------------------------------------
+// The causal band of a tile, as hints a gemm may use to skip work that is exactly zero (the scalar loops
+// ignore them): with i the first row of a 4-row block,
+//   dead: the block's columns j..j+15 are all masked when i > j + 15 + dead (C rows are keys, columns
+//         queries: key s0 + r is after query t0 + c). Such blocks are written as zeros (acc == false) or
+//         left alone (acc == true); the caller masks them anyway.
+//   klo/khi: only k in [i + klo, i + 4 + khi) can contribute to the block (P or dS is zero elsewhere).
+// NONE disables a hint. Skipping only ever drops additions of exact zeros, so results do not change.
+constexpr int NONE = 1 << 29;
+struct Band {
+  int dead = NONE, klo = -NONE, khi = NONE;
+};
+const Band NO_BAND{};
+
 struct Ops {
-  void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc);
-  void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc);
+  void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+               const Band& band);
+  void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+                  const Band& band);
   void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha);
   void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di);
   const char* isa;
@@ -63,7 +78,8 @@ struct Ops {
 
 inline float exp_or_zero(float x) { return x < -87.3f ? 0.f : std::exp(x); }
 
-void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+                 const Band&) {
   for (int i = 0; i < M; i++) {
     float* c = C + (size_t)i * ldc;
     if (!acc) std::memset(c, 0, sizeof(float) * N);
@@ -76,7 +92,8 @@ void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, i
   }
 }
 
-void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+                    const Band&) {
   for (int i = 0; i < M; i++) {
     float* c = C + (size_t)i * ldc;
     if (!acc) std::memset(c, 0, sizeof(float) * N);
@@ -125,8 +142,20 @@ void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L
     float* c1 = c0 + ldc;                                                                            \
     float* c2 = c1 + ldc;                                                                            \
     float* c3 = c2 + ldc;                                                                            \
+    const int kb = std::max(0, std::min(K, i + band.klo));                                           \
+    const int ke = std::max(kb, std::min(K, i + 4 + band.khi));                                      \
     for (int j = 0; j < N; j += 16) {                                                                \
       __m256 r00, r01, r10, r11, r20, r21, r30, r31;                                                 \
+      if (i > j + 15 + band.dead) { /* all masked */                                                 \
+        if (!acc) {                                                                                  \
+          const __m256 z = _mm256_setzero_ps();                                                      \
+          _mm256_storeu_ps(c0 + j, z); _mm256_storeu_ps(c0 + j + 8, z);                              \
+          _mm256_storeu_ps(c1 + j, z); _mm256_storeu_ps(c1 + j + 8, z);                              \
+          _mm256_storeu_ps(c2 + j, z); _mm256_storeu_ps(c2 + j + 8, z);                              \
+          _mm256_storeu_ps(c3 + j, z); _mm256_storeu_ps(c3 + j + 8, z);                              \
+        }                                                                                            \
+        continue;                                                                                    \
+      }                                                                                              \
       if (acc) {                                                                                     \
         r00 = _mm256_loadu_ps(c0 + j); r01 = _mm256_loadu_ps(c0 + j + 8);                           \
         r10 = _mm256_loadu_ps(c1 + j); r11 = _mm256_loadu_ps(c1 + j + 8);                           \
@@ -135,8 +164,8 @@ void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L
       } else {                                                                                       \
         r00 = r01 = r10 = r11 = r20 = r21 = r30 = r31 = _mm256_setzero_ps();                         \
       }                                                                                              \
-      const float* b = B + j;                                                                        \
-      for (int k = 0; k < K; k++, b += ldb) {                                                        \
+      const float* b = B + j + (size_t)kb * ldb;                                                     \
+      for (int k = kb; k < ke; k++, b += ldb) {                                                      \
         const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);                          \
         __m256 a = _mm256_broadcast_ss(A_AT(0, k));                                                  \
         r00 = _mm256_fmadd_ps(a, b0, r00); r01 = _mm256_fmadd_ps(a, b1, r01);                        \
@@ -154,13 +183,15 @@ void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L
     }                                                                                                \
   }
 
-AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+                       const Band& band) {
 #define AJ_A_NN(r, k) (A + (size_t)(i + (r)) * lda + (k))
   AJ_GEMM_BODY(AJ_A_NN)
 #undef AJ_A_NN
 }
 
-AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc) {
+AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
+                          const Band& band) {
 #define AJ_A_TN(r, k) (A + (size_t)(k) * lda + i + (r))
   AJ_GEMM_BODY(AJ_A_TN)
 #undef AJ_A_TN
@@ -367,7 +398,10 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
     if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
     const Rows K = rows_view(W.K.data(), Dp, P.k + P.kvrow(b, s0, g), kstride, nk, D);
     const Rows V = rows_view(W.V.data(), Dp, P.v + P.kvrow(b, s0, g), kstride, nk, D);
-    O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false);
+    // Keys after the queries: S blocks all masked (st), and P zero past the diagonal (pv).
+    const Band st = full ? NO_BAND : Band{t0 - s0, -NONE, NONE};
+    const Band pv = full ? NO_BAND : Band{NONE, -NONE, t0 - s0};
+    O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
     apply_mask(W.S.data(), nq, nk, W.mask.data(), full);
     O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
     for (int i = 0; i < nq; i++) {
@@ -376,7 +410,7 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
       float* r = W.acc.data() + (size_t)i * Dp;
       for (int d = 0; d < Dp; d++) r[d] *= a;
     }
-    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true);
+    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv);
   }
   for (int i = 0; i < nq; i++) {
     const float inv = 1.f / W.l[i];
@@ -446,18 +480,22 @@ void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int
 // One tile, queries and keys already loaded (keys s0..s0+nk). Accumulates P^T dO into dV,
 // dS^T Q into dK and dS K into dQ (each when non-null; dS is unscaled, so dK and dQ get the
 // scale when written out). dK/dV point at the accumulator row of key s0.
-void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, float* dK, float* dV, float* dQ) {
+// diag = t0 - s0 (first query minus first key) gives the causal band (see Band).
+void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, int diag, float* dK, float* dV, float* dQ) {
   const Ops& O = ops();
   const int D = P.D, Dp = P.Dp, nqr = round_up(nq, 4), nqc = round_up(nq, 16), nkr = round_up(nk, 4);
   float* S = W.S.data();
   float* dP = W.dP.data();
-  O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false);
+  const Band st = full ? NO_BAND : Band{diag, -NONE, NONE};   // S, dP: blocks of keys after all queries
+  const Band kq = full ? NO_BAND : Band{NONE, -diag, NONE};   // dV, dK: key row j sees queries from j - diag
+  const Band qk = full ? NO_BAND : Band{NONE, -NONE, diag};   // dQ: query row i sees keys up to i + diag
+  O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false, st);
   apply_mask(S, nq, nk, W.mask.data(), full);
-  O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false);
+  O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false, st);
   O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
-  if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true);
-  if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true);
-  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true);
+  if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true, kq);
+  if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true, kq);
+  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk);
 }
 
 void write_rows(float* dst, size_t stride, const float* src, int Dp, int n, int D, float alpha) {
@@ -484,7 +522,7 @@ void bwd_one_pass(const Problem& P, BwdScratch& W, int b, int g) {
         bool full;
         if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
         bwd_load_keys(P, W, b, g, s0, nk);
-        bwd_tile(P, W, nq, nk, full, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
+        bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
       }
       write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), Dp, nq, P.D, P.scale);
     }
@@ -507,7 +545,7 @@ void bwd_key_block(const Problem& P, BwdScratch& W, int b, int g, int kb) {
       bool full;
       if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
       bwd_load_queries(P, W, b, h, t0, nq);
-      bwd_tile(P, W, nq, nk, full, W.dK.data(), W.dV.data(), nullptr);
+      bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data(), W.dV.data(), nullptr);
     }
   }
   const size_t kstride = (size_t)P.Hkv * P.D;
@@ -525,7 +563,7 @@ void bwd_query_block(const Problem& P, BwdScratch& W, int b, int h, int qb) {
     bool full;
     if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
     bwd_load_keys(P, W, b, g, s0, nk);
-    bwd_tile(P, W, nq, nk, full, nullptr, nullptr, W.dQ.data());
+    bwd_tile(P, W, nq, nk, full, t0 - s0, nullptr, nullptr, W.dQ.data());
   }
   write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), P.Dp, nq, P.D, P.scale);
 }

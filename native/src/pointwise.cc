@@ -1,5 +1,5 @@
 // Row-wise and pointwise kernels of a training step, f32: cross-entropy rows, SwiGLU, SiLU, GELU
-// (tanh), RMSNorm, RoPE and the AdamW update. Contracts: src/kernels/backend.ts; the reference is
+// (tanh), RMSNorm, RoPE, the AdamW update and the elementwise sum (residuals, gradient accumulation). Contracts: src/kernels/backend.ts; the reference is
 // src/kernels/js/pointwise.ts.
 //
 // Two flavours, chosen at run time: `scalar` (portable C++, std::exp) and, on x86, `avx2` (AVX2+FMA
@@ -824,6 +824,22 @@ Napi::Value AdamwStep(const Napi::CallbackInfo& info) {
   });
 }
 
+// out = a + b (out may alias a or b). A plain loop: the compiler vectorises it, and it is memory-bound.
+Napi::Value AddVec(const Napi::CallbackInfo& info) {
+  const char* fn = "addVec";
+  return guarded(info, fn, [&](Napi::Env env) -> Napi::Value {
+    arity(info, fn, 4);
+    const long n = count(info, 3, fn, "n");
+    const float* a = f32(info, 0, fn, "a", n);
+    const float* b = f32(info, 1, fn, "b", n);
+    float* out = f32(info, 2, fn, "out", n);
+    chunked(n, [&](long s, long k) {
+      for (long i = s; i < s + k; i++) out[i] = a[i] + b[i];
+    });
+    return env.Undefined();
+  });
+}
+
 // Test hook: out[i] = exp(x[i]) through the active flavour's exp.
 Napi::Value PointwiseExp(const Napi::CallbackInfo& info) {
   const char* fn = "pointwiseExp";
@@ -856,6 +872,7 @@ void RegisterPointwise(Napi::Env env, Napi::Object exports) {
   exports.Set("rmsNormBwd", Napi::Function::New(env, RmsNormBwd, "rmsNormBwd"));
   exports.Set("ropeApply", Napi::Function::New(env, RopeApply, "ropeApply"));
   exports.Set("adamwStep", Napi::Function::New(env, AdamwStep, "adamwStep"));
+  exports.Set("addVec", Napi::Function::New(env, AddVec, "addVec"));
   exports.Set("pointwiseExp", Napi::Function::New(env, PointwiseExp, "pointwiseExp"));
   exports.Set("pointwiseForceScalar", Napi::Function::New(env, ForceScalar, "pointwiseForceScalar"));
   exports.Set("pointwiseIsa", Napi::String::New(env, best_ops().isa));

@@ -34,6 +34,16 @@ export interface Kernels {
   ): void;
 
   /**
+   * C[M,N] = alpha * A^T · B + beta * C with A [K,M] (row stride lda), B [K,N] (ldb), C [M,N] (ldc), for a
+   * small M: LoRA's weight gradients gA = gu^T x and gB^T = u^T g (a reduction over the tokens into r
+   * rows). Same result as gemm(true, false, ...), faster for M <= 16. When beta == 0, C is overwritten.
+   */
+  gemmAtB(
+    M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number, B: Float32Array, ldb: number,
+    beta: number, C: Float32Array, ldc: number,
+  ): void;
+
+  /**
    * Causal self-attention forward, grouped-query.
    * q [B,T,H,D], k and v [B,T,Hkv,D] (H % Hkv == 0; head h reads kv head floor(h / (H/Hkv))).
    * out [B,T,H,D]; lse [B,H,T] receives each row's log-sum-exp of the scaled scores (kept for backward).
@@ -67,6 +77,12 @@ export interface Kernels {
   crossEntropyRows(
     logits: Float32Array, labels: Int32Array, labelOffset: number, rows: number, V: number, grad: Float32Array | null,
   ): number;
+
+  /**
+   * Elementwise sum: out[i] = a[i] + b[i] for i < n (residual adds, gradient accumulation). out may be
+   * a or b. Plain f32 additions, so every backend gives the same bits.
+   */
+  addVec(a: Float32Array, b: Float32Array, out: Float32Array, n: number): void;
 
   /** SwiGLU forward: out[i] = silu(gate[i]) * up[i] for i < n (silu(v) = v * sigmoid(v)). */
   swigluFwd(gate: Float32Array, up: Float32Array, out: Float32Array, n: number): void;

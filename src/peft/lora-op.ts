@@ -10,7 +10,7 @@
  */
 import type { FrozenWeight } from '../nn/layers.js';
 import { addGradOwned, needsGrad, record } from '../tensor/autograd.js';
-import { gemmFor } from '../tensor/ops.js';
+import { gemmAtBFor, gemmFor } from '../tensor/ops.js';
 import type { Rng } from '../tensor/rng.js';
 import { type FloatArray, floatLike, releaseFloat, Tensor } from '../tensor/tensor.js';
 
@@ -57,6 +57,7 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
   const rows = x.size / inF;
   const X = x.f;
   const gemm = gemmFor(X);
+  const atb = gemmAtBFor(X);
   const out = Tensor.empty([...x.shape.slice(0, -1), outF], x.dtype);
   const Y = out.f;
 
@@ -135,15 +136,19 @@ export function loraLinear(x: Tensor, a: LoraOpArgs): Tensor {
         addGradOwned(m, gm);
       }
       if (B.requiresGrad) {
+        // gB = s gl^T u [out, r], formed as its transpose u^T gl [r, out] (a reduction over the rows into r rows).
+        const gBt = floatLike(g, r * outF, false);
+        atb(r, outF, rows, s, u, r, gl, outF, 0, gBt, outF);
         const gB = floatLike(g, outF * r, false);
-        gemm(true, false, outF, r, rows, s, gl, outF, u, r, 0, gB, r);
+        for (let q = 0; q < r; q++) for (let j = 0; j < outF; j++) gB[j * r + q] = gBt[q * outF + j]!;
+        releaseFloat(gBt);
         addGradOwned(B, gB);
       }
       const gu = floatLike(g, rows * r, false);
       gemm(false, false, rows, r, outF, s, gl, outF, B.f, r, 0, gu, r);
       if (A.requiresGrad) {
         const gA = floatLike(g, r * inF, false);
-        gemm(true, false, r, inF, rows, 1, gu, r, Xd, inF, 0, gA, inF);
+        atb(r, inF, rows, 1, gu, r, Xd, inF, 0, gA, inF); // gA = gu^T Xd
         addGradOwned(A, gA);
       }
       if (x.requiresGrad) {

@@ -6,6 +6,7 @@
  * backward has run, the activations it saved and its output's gradient are freed, so peak memory is
  * set by the forward, not by forward + backward. Only parameters (leaves with requiresGrad) get `.grad`.
  */
+import { kernels } from '../kernels/index.js';
 import { floatLike, hooks, releaseFloat, type FloatArray, type TapeNode, Tensor, viewRecorder } from './tensor.js';
 
 let gradEnabled = true;
@@ -103,17 +104,33 @@ export function addGrad(t: Tensor, g: FloatArray): void {
       t.grad = Tensor.zeros(t.shape, t.dtype === 'f64' ? 'f64' : 'f32').keep();
       t.grad.name = t.name ? t.name + '.grad' : '';
     }
-    const acc = t.grad.f;
-    for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
+    accumulate(t.grad.f, g);
     return;
   }
   if (!t.gradBuf) {
     t.gradBuf = floatLike(g, g.length, false);
     t.gradBuf.set(g);
-  } else {
-    const acc = t.gradBuf;
-    for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
+  } else accumulate(t.gradBuf, g);
+}
+
+/** acc += g (the native kernel for f32, a loop for f64). */
+function accumulate(acc: FloatArray, g: FloatArray): void {
+  if (acc instanceof Float32Array && g instanceof Float32Array) kernels().addVec(acc, g, acc, acc.length);
+  else for (let i = 0; i < acc.length; i++) acc[i]! += g[i]!;
+}
+
+/**
+ * Gives `g`, the gradient buffer of `output` that a backward received, to `input` (an op whose
+ * gradient passes through unchanged: a view, a sum). No copy when the input has no gradient yet; the
+ * buffer then belongs to the input and runBackward does not free it. Otherwise adds g in.
+ */
+export function passGrad(output: Tensor, input: Tensor, g: FloatArray): void {
+  if (input.requiresGrad && input.node && !input.gradBuf && output.gradBuf === g) {
+    input.gradBuf = g;
+    output.gradBuf = null;
+    return;
   }
+  addGrad(input, g);
 }
 
 /** Like addGrad, but hands over ownership of a buffer from floatLike (no copy when possible). */
@@ -148,8 +165,9 @@ function runBackward(end: number, start: number): void {
     const g = node.output.gradBuf;
     if (g) {
       node.backward(g);
+      // Unless the backward passed the buffer on to an input (passGrad), it is free now.
+      if (node.output.gradBuf === g) releaseFloat(g);
       node.output.gradBuf = null;
-      releaseFloat(g);
     }
     node.release?.();
     node.output.node = null;
@@ -216,6 +234,7 @@ viewRecorder.record = (input, out, op, map) => {
   if (!needsGrad(input)) return;
   record(op, [input], out, (g) => {
     const mapped = map(g);
-    addGrad(input, mapped);
+    if (mapped === g) passGrad(out, input, g);
+    else addGrad(input, mapped);
   });
 };

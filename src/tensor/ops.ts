@@ -3,9 +3,9 @@
  * Each op's backward is written next to its forward. Float ops run in f32, or in f64 on the js
  * kernels (used by the finite-difference tests).
  */
-import { gemm as jsGemm, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
+import { gemm as jsGemm, gemmAtB as jsGemmAtB, gemmBf16 as jsGemmBf16 } from '../kernels/js/gemm.js';
 import { kernels } from '../kernels/index.js';
-import { addGrad, addGradOwned, needsGrad, record } from './autograd.js';
+import { addGrad, addGradOwned, needsGrad, passGrad, record } from './autograd.js';
 import { type FloatArray, floatLike, numel, releaseFloat, Tensor } from './tensor.js';
 
 type Gemm = (
@@ -20,6 +20,16 @@ type GemmBf16 = (
 /** The GEMM for buffers of this float type: native for f32, js for f64. */
 export function gemmFor(x: FloatArray): Gemm {
   return x instanceof Float64Array ? jsGemm : (kernels().gemm as Gemm);
+}
+
+type GemmAtB = (
+  M: number, N: number, K: number, alpha: number, A: FloatArray, lda: number, B: FloatArray, ldb: number,
+  beta: number, C: FloatArray, ldc: number,
+) => void;
+
+/** C = alpha A^T B + beta C for a small M (LoRA's weight gradients): the kernel for f32, js for f64. */
+export function gemmAtBFor(x: FloatArray): GemmAtB {
+  return x instanceof Float64Array ? jsGemmAtB : (kernels().gemmAtB as GemmAtB);
 }
 
 export function gemmBf16For(x: FloatArray): GemmBf16 {
@@ -95,12 +105,22 @@ function binary(
   const out = floatOut(a, shape);
   const x = a.f, y = b.f, o = out.f;
   const n = o.length;
-  for (let k = 0; k < n; k++) {
-    const u = x[ia ? ia[k]! : k]!, v = y[ib ? ib[k]! : k]!;
-    o[k] = op === 'add' ? u + v : op === 'sub' ? u - v : u * v;
+  if (op === 'add' && !ia && !ib && x instanceof Float32Array && y instanceof Float32Array) {
+    kernels().addVec(x, y, o as Float32Array, n); // residual adds: same shapes, f32
+  } else {
+    for (let k = 0; k < n; k++) {
+      const u = x[ia ? ia[k]! : k]!, v = y[ib ? ib[k]! : k]!;
+      o[k] = op === 'add' ? u + v : op === 'sub' ? u - v : u * v;
+    }
   }
   if (needsGrad(a, b)) {
     record(op, [a, b], out, (g) => {
+      if (op === 'add' && !ia && !ib) {
+        // The sum passes its gradient through unchanged: hand the buffer itself to one input.
+        if (a.requiresGrad) passGrad(out, a, g);
+        if (b.requiresGrad) passGrad(out, b, g);
+        return;
+      }
       if (a.requiresGrad) {
         let ga: FloatArray = g;
         if (op === 'mul') {

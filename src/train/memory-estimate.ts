@@ -12,6 +12,7 @@ import { UserError } from '../errors.js';
 import { isConv1dWeight, weightShapes } from '../models/build.js';
 import type { ModelConfig } from '../models/config.js';
 import { DEFAULT_TARGETS } from '../peft/config.js';
+import { lossChunkRows } from '../nn/ops/loss.js';
 import { bytesPerParam, type Precision, quantizedLinearBytes } from '../quant/memory.js';
 
 export type TrainMethod = 'full' | 'lora' | 'qlora';
@@ -610,7 +611,7 @@ class StepSim {
 
   /** nn/ops/loss.ts linearCrossEntropy: dh (and dW) are formed during the forward; one logits chunk at a time. */
   linearCrossEntropy(h: STensor, W: STensor, tokens: number, vocab: number): { out: STensor; scratch: number } {
-    const chunk = Math.max(1, Math.min(tokens, Math.floor((2 * 1024 * 1024) / vocab) || 1));
+    const chunk = Math.min(tokens, lossChunkRows(tokens, vocab));
     const gh = this.needs(h) ? h.size : 0;
     const gw = this.needs(W) ? W.size : 0;
     this.alloc(gh + gw);

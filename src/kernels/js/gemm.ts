@@ -40,6 +40,14 @@ export function gemm(
   }
 }
 
+/** C[M,N] = alpha * A^T B + beta * C, A [K,M], B [K,N]. See Kernels.gemmAtB. */
+export function gemmAtB(
+  M: number, N: number, K: number, alpha: number, A: Floats, lda: number, B: Floats, ldb: number,
+  beta: number, C: Floats, ldc: number,
+): void {
+  gemm(true, false, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /** gemm with B in bf16: B is widened to f32 one row at a time. */
 export function gemmBf16(
   transA: boolean, transB: boolean, M: number, N: number, K: number,

@@ -1,13 +1,13 @@
 import type { Kernels } from '../backend.js';
 import { attentionBwd, attentionFwd } from './attention.js';
-import { gemm, gemmBf16 } from './gemm.js';
+import { gemm, gemmAtB, gemmBf16 } from './gemm.js';
 import {
-  adamwStep, crossEntropyRows, geluTanhBwd, geluTanhFwd, rmsNormBwd, rmsNormFwd, ropeApply, siluBwd, siluFwd, swigluBwd, swigluFwd,
+  adamwStep, addVec, crossEntropyRows, geluTanhBwd, geluTanhFwd, rmsNormBwd, rmsNormFwd, ropeApply, siluBwd, siluFwd, swigluBwd, swigluFwd,
 } from './pointwise.js';
 
 /** The pure-TypeScript kernels: the reference every native kernel is tested against. */
 export const jsKernels: Kernels = {
-  name: 'js', gemm, gemmBf16, attentionFwd, attentionBwd,
+  name: 'js', gemm, gemmBf16, gemmAtB, attentionFwd, attentionBwd,
   crossEntropyRows, swigluFwd, swigluBwd, siluFwd, siluBwd, geluTanhFwd, geluTanhBwd,
-  rmsNormFwd, rmsNormBwd, ropeApply, adamwStep,
+  rmsNormFwd, rmsNormBwd, ropeApply, adamwStep, addVec,
 };

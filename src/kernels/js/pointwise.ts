@@ -214,6 +214,16 @@ export function ropeApply(
   }
 }
 
+/** See Kernels.addVec. */
+export function addVec(a: Floats, b: Floats, out: Floats, n: number): void {
+  const fn = 'addVec';
+  count(fn, 'n', n);
+  need(fn, 'a', a, n);
+  need(fn, 'b', b, n);
+  need(fn, 'out', out, n);
+  for (let i = 0; i < n; i++) out[i] = a[i]! + b[i]!;
+}
+
 /** See Kernels.adamwStep. */
 export function adamwStep(
   w: Floats, g: Floats, m: Floats, v: Floats, n: number,

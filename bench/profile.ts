@@ -1,0 +1,56 @@
+/**
+ * npm run bench -- profile [--mode forward|train] [--shape smollm2|tiny] [--steps N] [--dtype f32|bf16]
+ * Per-kernel time table of the forward (no grad) or of LoRA training steps (r=8, alpha=16, all-linear,
+ * AdamW), batch 4 x 256, after one warm-up step. Sets AJUSTE_PROFILE=1 (see src/kernels/profile.ts); the
+ * "outside kernels" line is JS glue, allocation and GC. `node --cpu-prof` on this script shows which JS.
+ */
+process.env.AJUSTE_PROFILE = '1';
+const { buildModel, randomWeights } = await import('../src/models/build.js');
+const { parseModelConfig } = await import('../src/models/config.js');
+const { AdamW } = await import('../src/optim/adamw.js');
+const { loraConfig } = await import('../src/peft/config.js');
+const { applyLora } = await import('../src/peft/lora.js');
+const { backward, noGrad, scope } = await import('../src/tensor/autograd.js');
+const { Rng } = await import('../src/tensor/rng.js');
+const { printProfile, resetProfile } = await import('../src/kernels/profile.js');
+const { SHAPES } = await import('./shapes.js');
+
+function arg(name: string, dflt: string): string {
+  const i = process.argv.indexOf(`--${name}`);
+  return i >= 0 ? process.argv[i + 1]! : dflt;
+}
+
+export default async function main(): Promise<void> {
+  const mode = arg('mode', 'train');
+  const shape = arg('shape', 'smollm2');
+  const steps = Number(arg('steps', '2'));
+  const config = parseModelConfig(SHAPES[shape]!);
+  const model = buildModel(config, randomWeights(config, 0), { dtype: arg('dtype', 'f32') === 'bf16' ? 'bfloat16' : 'float32' });
+  const rng = new Rng(0);
+  const [B, T] = [4, 256];
+  const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
+  const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
+  let step: () => void;
+  if (mode === 'forward') {
+    step = () => void noGrad(() => scope(() => model.loss(model.forwardHidden(batch), ids, batch).item()));
+  } else {
+    const applied = applyLora(model, loraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' }), rng, rng);
+    const opt = new AdamW([{ params: applied.trainable.map(([, p]) => p), weightDecay: 0 }], { lr: 1e-4 });
+    model.train(true);
+    step = () => {
+      scope(() => {
+        backward(model.loss(model.forwardHidden(batch), ids, batch));
+        return null;
+      });
+      opt.step();
+      opt.zeroGrad();
+    };
+  }
+  step();
+  resetProfile();
+  const t = performance.now();
+  for (let i = 0; i < steps; i++) step();
+  const s = (performance.now() - t) / 1000 / steps;
+  process.stderr.write(`${mode} ${shape}: ${(s * 1000).toFixed(0)} ms/step, ${((B * T) / s).toFixed(1)} tok/s (totals below are over ${steps} steps)\n`);
+  printProfile();
+}

@@ -1,0 +1,232 @@
+// gemmAtB: C[M,N] = alpha * A^T B + beta * C with A [K,M], B [K,N] row-major and a small M: the weight
+// gradients of LoRA (gA = gu^T x, gB^T = u^T g), a reduction over K = tokens into M = r rows. Contract:
+// src/kernels/backend.ts; reference: src/kernels/js/gemm.ts.
+//
+// gemm (gemm.cc) packs all of B for this shape and runs 6-row tiles with M = 8 (a third empty): about 30-35
+// GFLOP/s here. This kernel reads B once, in place, about twice as fast: threads split N into 16-column
+// blocks; B is swept KB rows at a time, and for each 16 x KB block 4 rows of C at a time are accumulated
+// in 8 ymm registers (2 loads of B and 4 broadcasts of A per 8 FMAs). KB is small because the rows of B are
+// far apart (one page each for LoRA's shapes): 16 rows measured 1.5x faster than 64 or 128.
+// Rows of C past M % 4 are computed on zero padding of A; columns past N % 16 take masked loads/stores.
+// AJUSTE_ISA=scalar forces the scalar loop; skinnyForceScalar(on) switches it (tests).
+#include <napi.h>
+
+#include <algorithm>
+#include <new>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+
+#include "threads.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <immintrin.h>
+#define AJ_SK_X86 1
+#endif
+
+namespace {
+
+constexpr int NB = 16;   // columns per block
+constexpr int KB = 16;   // rows of B per sweep: 16 rows, 16 pages at most (the L1 TLB has 64 entries)
+constexpr int MQ = 4;    // rows of C per register block
+
+// Columns [j0, j1) of C, all M rows, scalar (also the reference order for nothing: plain f32 sums).
+void at_b_scalar(int M, int K, float alpha, const float* A, long lda, const float* B, long ldb, float beta, float* C,
+                 long ldc, int j0, int j1) {
+  std::vector<float> acc((size_t)(j1 - j0));
+  for (int q = 0; q < M; q++) {
+    std::fill(acc.begin(), acc.end(), 0.f);
+    for (int k = 0; k < K; k++) {
+      const float a = A[(long)k * lda + q];
+      const float* b = B + (long)k * ldb;
+      for (int j = j0; j < j1; j++) acc[(size_t)(j - j0)] += a * b[j];
+    }
+    float* c = C + (long)q * ldc;
+    for (int j = j0; j < j1; j++) c[j] = alpha * acc[(size_t)(j - j0)] + (beta == 0.f ? 0.f : beta * c[j]);
+  }
+}
+
+#ifdef AJ_SK_X86
+#define AJ_AVX2 __attribute__((target("avx2,fma")))
+
+AJ_AVX2 inline __m256i lane_mask(int n) {  // lanes < n
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(n), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+// Columns [j0, j1) of C (j0 a multiple of NB). Ap is A padded to Mp = round4(M) columns, [K, Mp]; acc holds
+// the sums of every block, [blocks][Mp][NB]. Rows of B are taken KB at a time and swept block by block, so
+// B streams row-wise through L2 and each 16 x KB block stays in L1 for the Mp / 4 passes over it.
+AJ_AVX2 void at_b_avx2(int M, int Mp, int K, float alpha, const float* Ap, const float* B, long ldb, float beta,
+                        float* C, long ldc, int j0, int j1, float* acc) {
+  const int nblocks = (j1 - j0 + NB - 1) / NB;
+  std::memset(acc, 0, sizeof(float) * (size_t)nblocks * Mp * NB);
+  for (int k0 = 0; k0 < K; k0 += KB) {
+    const int k1 = std::min(K, k0 + KB);
+    for (int blk = 0; blk < nblocks; blk++) {
+      const int jb = j0 + blk * NB, n = std::min(NB, j1 - jb);
+      const __m256i m0 = lane_mask(n), m1 = lane_mask(n - 8);
+      for (int q = 0; q < Mp; q += MQ) {
+        float* ac = acc + ((size_t)blk * Mp + q) * NB;
+        __m256 r00 = _mm256_load_ps(ac), r01 = _mm256_load_ps(ac + 8);
+        __m256 r10 = _mm256_load_ps(ac + 16), r11 = _mm256_load_ps(ac + 24);
+        __m256 r20 = _mm256_load_ps(ac + 32), r21 = _mm256_load_ps(ac + 40);
+        __m256 r30 = _mm256_load_ps(ac + 48), r31 = _mm256_load_ps(ac + 56);
+        const float* a = Ap + (long)k0 * Mp + q;
+        const float* b = B + (long)k0 * ldb + jb;
+#define AJ_SK_STEP(LOAD0, LOAD1)                                         \
+  for (int k = k0; k < k1; k++, a += Mp, b += ldb) {                    \
+    const __m256 b0 = LOAD0, b1 = LOAD1;                                 \
+    __m256 x = _mm256_broadcast_ss(a);                                   \
+    r00 = _mm256_fmadd_ps(x, b0, r00); r01 = _mm256_fmadd_ps(x, b1, r01); \
+    x = _mm256_broadcast_ss(a + 1);                                      \
+    r10 = _mm256_fmadd_ps(x, b0, r10); r11 = _mm256_fmadd_ps(x, b1, r11); \
+    x = _mm256_broadcast_ss(a + 2);                                      \
+    r20 = _mm256_fmadd_ps(x, b0, r20); r21 = _mm256_fmadd_ps(x, b1, r21); \
+    x = _mm256_broadcast_ss(a + 3);                                      \
+    r30 = _mm256_fmadd_ps(x, b0, r30); r31 = _mm256_fmadd_ps(x, b1, r31); \
+  }
+        if (n == NB) {
+          AJ_SK_STEP(_mm256_loadu_ps(b), _mm256_loadu_ps(b + 8))
+        } else {
+          AJ_SK_STEP(_mm256_maskload_ps(b, m0), _mm256_maskload_ps(b + 8, m1))
+        }
+#undef AJ_SK_STEP
+        _mm256_store_ps(ac, r00); _mm256_store_ps(ac + 8, r01);
+        _mm256_store_ps(ac + 16, r10); _mm256_store_ps(ac + 24, r11);
+        _mm256_store_ps(ac + 32, r20); _mm256_store_ps(ac + 40, r21);
+        _mm256_store_ps(ac + 48, r30); _mm256_store_ps(ac + 56, r31);
+      }
+    }
+  }
+  const __m256 va = _mm256_set1_ps(alpha), vb = _mm256_set1_ps(beta);
+  for (int blk = 0; blk < nblocks; blk++) {
+    const int jb = j0 + blk * NB, n = std::min(NB, j1 - jb);
+    const __m256i m0 = lane_mask(n), m1 = lane_mask(n - 8);
+    for (int q = 0; q < M; q++) {
+      float* c = C + (long)q * ldc + jb;
+      const float* ac = acc + ((size_t)blk * Mp + q) * NB;
+      __m256 y0 = _mm256_mul_ps(va, _mm256_load_ps(ac)), y1 = _mm256_mul_ps(va, _mm256_load_ps(ac + 8));
+      if (beta != 0.f) {
+        y0 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(c, m0), y0);
+        y1 = _mm256_fmadd_ps(vb, _mm256_maskload_ps(c + 8, m1), y1);
+      }
+      _mm256_maskstore_ps(c, m0, y0);
+      _mm256_maskstore_ps(c + 8, m1, y1);
+    }
+  }
+}
+#endif
+
+bool use_avx2() {
+#ifdef AJ_SK_X86
+  static const bool ok = [] {
+    const char* force = std::getenv("AJUSTE_ISA");
+    if (force && std::string(force) == "scalar") return false;
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+  }();
+  return ok;
+#else
+  return false;
+#endif
+}
+
+bool force_scalar = false;
+
+void at_b(int M, int N, int K, float alpha, const float* A, long lda, const float* B, long ldb, float beta, float* C,
+          long ldc) {
+  if (M == 0 || N == 0) return;
+  const long nb = (N + NB - 1) / NB;
+  auto& pool = ajuste::ThreadPool::get();
+  const bool par = 2.0 * M * N * K >= 1e6;
+#ifdef AJ_SK_X86
+  if (use_avx2() && !force_scalar) {
+    const int Mp = (M + MQ - 1) / MQ * MQ;
+    std::vector<float> Ap((size_t)K * Mp, 0.f);  // A with M padded to Mp columns
+    for (int k = 0; k < K; k++) std::memcpy(Ap.data() + (size_t)k * Mp, A + (long)k * lda, sizeof(float) * M);
+    auto range = [&](long b, long e, int) {
+      float* acc = static_cast<float*>(std::aligned_alloc(32, sizeof(float) * (size_t)(e - b) * Mp * NB));
+      if (!acc) throw std::bad_alloc();
+      at_b_avx2(M, Mp, K, alpha, Ap.data(), B, ldb, beta, C, ldc, (int)(b * NB), (int)std::min<long>(N, e * NB), acc);
+      std::free(acc);
+    };
+    if (par) pool.parallel_for(nb, range);
+    else range(0, nb, 0);
+    return;
+  }
+#endif
+  auto range = [&](long b, long e, int) {
+    at_b_scalar(M, K, alpha, A, lda, B, ldb, beta, C, ldc, (int)(b * NB), (int)std::min<long>(N, e * NB));
+  };
+  if (par) pool.parallel_for(nb, range);
+  else range(0, nb, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// N-API: gemmAtB(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
+// ---------------------------------------------------------------------------------------------
+struct ArgError {
+  std::string msg;
+};
+
+long int_arg(const Napi::CallbackInfo& info, int i, const char* name, long lo) {
+  if (!info[i].IsNumber()) throw ArgError{std::string("gemmAtB: ") + name + " must be a number"};
+  const double d = info[i].As<Napi::Number>().DoubleValue();
+  if (!(d >= (double)lo && d <= 2147483647.0) || d != (double)(long)d)
+    throw ArgError{std::string("gemmAtB: ") + name + " must be an integer >= " + std::to_string(lo) + ", got " +
+                   std::to_string(d)};
+  return (long)d;
+}
+
+float* mat(const Napi::CallbackInfo& info, int i, const char* name, long rows, long cols, long ld) {
+  const Napi::Value v = info[i];
+  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
+    throw ArgError{std::string("gemmAtB: ") + name + " must be a Float32Array"};
+  if (ld < std::max(1L, cols))
+    throw ArgError{std::string("gemmAtB: the row stride of ") + name + " (" + std::to_string(ld) + ") is smaller than its " +
+                   std::to_string(cols) + " columns"};
+  Napi::Float32Array a = v.As<Napi::Float32Array>();
+  const double need = rows > 0 && cols > 0 ? (double)(rows - 1) * ld + cols : 0;
+  if ((double)a.ElementLength() < need)
+    throw ArgError{std::string("gemmAtB: ") + name + " has " + std::to_string(a.ElementLength()) + " elements, [" +
+                   std::to_string(rows) + "," + std::to_string(cols) + "] with stride " + std::to_string(ld) +
+                   " needs " + std::to_string((long long)need)};
+  return a.Data();
+}
+
+Napi::Value GemmAtB(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  try {
+    if (info.Length() < 11)
+      throw ArgError{"gemmAtB: expected 11 arguments (M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), got " +
+                     std::to_string(info.Length())};
+    const long M = int_arg(info, 0, "M", 0), N = int_arg(info, 1, "N", 0), K = int_arg(info, 2, "K", 0);
+    if (!info[3].IsNumber() || !info[8].IsNumber()) throw ArgError{"gemmAtB: alpha and beta must be numbers"};
+    const float alpha = (float)info[3].As<Napi::Number>().DoubleValue();
+    const float beta = (float)info[8].As<Napi::Number>().DoubleValue();
+    const long lda = int_arg(info, 5, "lda", 1), ldb = int_arg(info, 7, "ldb", 1), ldc = int_arg(info, 10, "ldc", 1);
+    const float* A = mat(info, 4, "A", K, M, lda);
+    const float* B = mat(info, 6, "B", K, N, ldb);
+    float* C = mat(info, 9, "C", M, N, ldc);
+    at_b((int)M, (int)N, (int)K, alpha, A, lda, B, ldb, beta, C, ldc);
+  } catch (const ArgError& e) {
+    Napi::TypeError::New(env, e.msg).ThrowAsJavaScriptException();
+  } catch (const std::exception& e) {
+    Napi::Error::New(env, std::string("gemmAtB: ") + e.what()).ThrowAsJavaScriptException();
+  }
+  return env.Undefined();
+}
+
+Napi::Value ForceScalar(const Napi::CallbackInfo& info) {
+  force_scalar = info.Length() > 0 && info[0].ToBoolean().Value();
+  return Napi::String::New(info.Env(), use_avx2() && !force_scalar ? "avx2" : "scalar");
+}
+
+}  // namespace
+
+void RegisterSkinny(Napi::Env env, Napi::Object exports) {
+  exports.Set("gemmAtB", Napi::Function::New(env, GemmAtB, "gemmAtB"));
+  exports.Set("skinnyForceScalar", Napi::Function::New(env, ForceScalar, "skinnyForceScalar"));
+}

@@ -1,0 +1,74 @@
+// gemmAtB (native/src/skinny.cc): C = alpha A^T B + beta C with a small M, against the js gemm, in both
+// native flavours (avx2 where the CPU has it, and scalar): odd sizes, column tails, strides, beta 0 over NaN.
+import { afterAll, describe, expect, it } from 'vitest';
+import { gemm as gemmJs } from '../src/kernels/js/gemm.js';
+import { loadAddon, nativeKernels } from '../src/kernels/native/index.js';
+import { Rng } from '../src/tensor/rng.js';
+
+interface SkinnyAddon {
+  skinnyForceScalar(on: boolean): string;
+}
+
+function addon(): SkinnyAddon {
+  const a = loadAddon();
+  expect(a, 'the native addon did not load: run `npm run build:native`').not.toBeNull();
+  expect(typeof a?.gemmAtB, 'the addon exports gemmAtB (native/src/skinny.cc)').toBe('function');
+  return a as unknown as SkinnyAddon;
+}
+
+function randn(n: number, rng: Rng): Float32Array {
+  const a = new Float32Array(n);
+  rng.fillNormal(a, 0, 1);
+  return a;
+}
+
+afterAll(() => {
+  (loadAddon() as unknown as SkinnyAddon | null)?.skinnyForceScalar(false);
+});
+
+describe('native gemmAtB', () => {
+  for (const scalar of [false, true]) {
+    it(`matches the js gemm(true, false, ...) (${scalar ? 'scalar' : 'best'} flavour)`, () => {
+      expect(addon().skinnyForceScalar(scalar)).toBe(scalar ? 'scalar' : process.env.AJUSTE_ISA === 'scalar' ? 'scalar' : 'avx2');
+      const k = nativeKernels()!;
+      const rng = new Rng(5);
+      const cases: [number, number, number][] = [
+        [8, 576, 1024], [8, 37, 300], [1, 1, 1], [3, 17, 5], [5, 16, 33], [16, 200, 70], [7, 1, 9], [4, 40, 0], [8, 1536, 257],
+      ];
+      for (const [M, N, K] of cases) {
+        for (const [alpha, beta, pad] of [[1, 0, 0], [0.7, 0.5, 3], [-2, 1, 1]] as const) {
+          const lda = M + pad, ldb = N + pad, ldc = N + 2 * pad;
+          const A = randn(Math.max(1, K * lda), rng), B = randn(Math.max(1, K * ldb), rng);
+          const C0 = randn(M * ldc, rng);
+          if (beta === 0) C0.fill(Number.NaN);
+          const ref = Float32Array.from(C0);
+          const got = Float32Array.from(C0);
+          gemmJs(true, false, M, N, K, alpha, A, lda, B, ldb, beta, ref, ldc);
+          k.gemmAtB(M, N, K, alpha, A, lda, B, ldb, beta, got, ldc);
+          for (let i = 0; i < M; i++) {
+            for (let j = 0; j < ldc; j++) {
+              const x = got[i * ldc + j]!, y = ref[i * ldc + j]!;
+              if (j >= N) {
+                // padding columns are left alone
+                expect(Object.is(x, C0[i * ldc + j]!), `M=${M} N=${N} K=${K}: padding (${i},${j}) changed`).toBe(true);
+                continue;
+              }
+              expect(Math.abs(x - y), `M=${M} N=${N} K=${K} alpha=${alpha} beta=${beta} at (${i},${j}): ${x} vs ${y}`).toBeLessThanOrEqual(
+                1e-5 * (1 + Math.abs(y)) * Math.sqrt(K + 1),
+              );
+            }
+          }
+        }
+      }
+    });
+  }
+
+  it('checks its arguments', () => {
+    const k = nativeKernels()!;
+    addon();
+    const f = (n: number) => new Float32Array(n);
+    expect(() => k.gemmAtB(2, 3, 4, 1, f(7), 2, f(12), 3, 0, f(6), 3)).toThrow(/A has 7 elements/);
+    expect(() => k.gemmAtB(2, 3, 4, 1, f(8), 1, f(12), 3, 0, f(6), 3)).toThrow(/row stride of A/);
+    expect(() => k.gemmAtB(2, 3, 4, 1, f(8), 2, f(12), 3, 0, f(5), 3)).toThrow(/C has 5 elements/);
+  });
+});
