@@ -28,7 +28,7 @@ function arg(name: string, dflt: string): string {
 }
 
 const out = arg('out', 'models/ajuste-base-2m');
-const steps = Number(arg('steps', '300'));
+const steps = Number(arg('steps', '1500'));
 const work = mkdtempSync(join(tmpdir(), 'ajuste-pretrain-'));
 
 // Corpus: Brown (one sentence per line) and the emails outside the demo's test split, cut into pieces of about
