@@ -2,7 +2,8 @@
  * npm run bench -- gemm [--no-torch] [--no-4096] [--torch-max-seconds S]
  *
  * GFLOP/s (median of several runs) of the native gemm / gemmBf16 on square sizes 256..4096 and on the
- * LoRA rank-8 shapes of a 4096-wide layer with 4096 tokens (forward and backward), next to torch.mm on
+ * LoRA rank-8 shapes of a 4096-wide layer with 4096 tokens (forward and backward; the two weight gradients dA, dB
+ * through gemmAtB, the kernel the LoRA op calls for them, dB as its transpose as the op does), next to torch.mm on
  * the same shapes (bench/torch_gemm.py, run with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed from its
  * environment) when /usr/bin/python3 has torch, and the fraction of this CPU's FMA peak
  * (the addon's fmaPeak: a register-only FMA loop on every pool thread).
@@ -17,6 +18,7 @@ import { Rng } from '../src/tensor/rng.js';
 interface GemmAddon {
   gemm: Kernels['gemm'];
   gemmBf16: Kernels['gemmBf16'];
+  gemmAtB: Kernels['gemmAtB'];
   fmaPeak(seconds: number): number;
   gemmIsa(): string;
   info(): { threads?: number };
@@ -57,9 +59,9 @@ function shapes(with4096: boolean): Shape[] {
     ['fwd   h = x·Aᵀ', false, true, T, r, d, 0],
     ['fwd   y += h·Bᵀ', false, true, T, d, r, 1],
     ['bwd  dh = dy·B', false, false, T, r, d, 0],
-    ['bwd  dB = dyᵀ·h', true, false, d, r, T, 0],
+    ['bwd  dB = dyᵀ·h *', true, false, d, r, T, 0],
     ['bwd  dx += dh·A', false, false, T, d, r, 1],
-    ['bwd  dA = dhᵀ·x', true, false, r, d, T, 0],
+    ['bwd  dA = dhᵀ·x *', true, false, r, d, T, 0],
   ];
   for (const [what, tA, tB, M, N, K, beta] of lora)
     out.push({ name: `${what} ${M}x${N}x${K}`, tA, tB, M, N, K, beta, dtype: 'f32', reps: 7, kind: 'lora' });
@@ -78,9 +80,16 @@ function timeOurs(a: GemmAddon, s: Shape, rng: Rng, threads: number): { wall: nu
   }
   const C = new Float32Array(M * N);
   const lda = tA ? M : K, ldb = tB ? K : N;
-  const run = s.dtype === 'bf16'
-    ? () => a.gemmBf16(tA, tB, M, N, K, 1, A, lda, Bh, ldb, s.beta, C, N)
-    : () => a.gemm(tA, tB, M, N, K, 1, A, lda, Bf, ldb, s.beta, C, N);
+  // LoRA's weight gradients (op(A) = A^T with one side of rank r): the LoRA op calls gemmAtB, for dB on the
+  // transposed problem dB^T [r, d] = h^T dy (src/peft/lora-op.ts).
+  const atb = s.kind === 'lora' && tA && !tB;
+  const run = atb
+    ? M <= N
+      ? () => a.gemmAtB(M, N, K, 1, A, M, Bf, N, s.beta, C, N)
+      : () => a.gemmAtB(N, M, K, 1, Bf, N, A, M, s.beta, C, M)
+    : s.dtype === 'bf16'
+      ? () => a.gemmBf16(tA, tB, M, N, K, 1, A, lda, Bh, ldb, s.beta, C, N)
+      : () => a.gemm(tA, tB, M, N, K, 1, A, lda, Bf, ldb, s.beta, C, N);
   run();
   const times: number[] = [], cpu: number[] = [];
   for (let i = 0; i < s.reps; i++) {
@@ -161,5 +170,6 @@ export default function main(args: string[] = []): void {
       if (sk) console.log(`torch skipped ${s.name}: ${sk}`);
     }
   }
+  console.log('* through gemmAtB (what the LoRA op calls for its weight gradients); torch: torch.mm on the transposed view');
   console.log('\ntargets: f32 at 1024..4096 >= 75% of the FMA peak and >= torch.mm; LoRA shapes >= 2x torch.mm');
 }

@@ -11,7 +11,14 @@ import os
 import sys
 import time
 
-import torch
+from torch_blas import _maybe_reexec_with_openblas
+
+if __name__ == "__main__":
+    # As bench/torch_llama.py: OpenBLAS instead of Debian's reference BLAS, idle OpenMP workers passive.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    _maybe_reexec_with_openblas(sys.argv)
+
+import torch  # noqa: E402
 
 
 def blas_libraries():
