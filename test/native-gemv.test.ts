@@ -94,10 +94,22 @@ describe('native gemv', () => {
     const calls: string[] = [];
     setKernels({
       ...native,
-      gemv: (...a) => (calls.push('gemv'), native.gemv(...a)),
-      gemvBf16: (...a) => (calls.push('gemvBf16'), native.gemvBf16(...a)),
-      gemm: (...a) => (calls.push('gemm'), native.gemm(...a)),
-      gemmBf16: (...a) => (calls.push('gemmBf16'), native.gemmBf16(...a)),
+      gemv: (...a) => {
+        calls.push('gemv');
+        native.gemv(...a);
+      },
+      gemvBf16: (...a) => {
+        calls.push('gemvBf16');
+        native.gemvBf16(...a);
+      },
+      gemm: (...a) => {
+        calls.push('gemm');
+        native.gemm(...a);
+      },
+      gemmBf16: (...a) => {
+        calls.push('gemmBf16');
+        native.gemmBf16(...a);
+      },
     });
     const rng = new Rng(3);
     const [N, K] = [33, 20];
