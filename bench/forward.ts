@@ -1,7 +1,8 @@
 /**
  * npm run bench -- forward [--shape smollm2|tiny] [--iters N]
  * Forward tokens/s (batch 4 x 256, no grad, logits through the chunked lm_head + loss) and greedy generation
- * tokens/s with the KV cache, for ajuste and (when python3-torch is installed) PyTorch in the same run.
+ * tokens/s with the KV cache (f32, and ajuste with bf16 weights), for ajuste and (when python3-torch is installed)
+ * PyTorch in the same run.
  */
 import { generate } from '../src/eval/generate.js';
 import { buildModel, randomWeights } from '../src/models/build.js';
@@ -41,6 +42,11 @@ export default async function main(): Promise<void> {
   const t0 = performance.now();
   generate(model, prompt, { maxNewTokens: 64 });
   const gen = 64 / ((performance.now() - t0) / 1000);
+  // The same with the weights in bf16 (half the bytes streamed per token; torch's generate mode is f32 only).
+  const model16 = buildModel(config, randomWeights(config, 0), { dtype: 'bfloat16' });
+  const t1 = performance.now();
+  generate(model16, prompt, { maxNewTokens: 64 });
+  const gen16 = 64 / ((performance.now() - t1) / 1000);
   console.log(`ajuste forward bench, shape ${shape}, batch ${B}x${T}, kernels: ${kernels().name}`);
   const torchF = runTorch(['forward', '--shape', shape]);
   const torchG = runTorch(['generate', '--shape', shape]);
@@ -48,4 +54,5 @@ export default async function main(): Promise<void> {
     console.log(`${what.padEnd(22)} ajuste ${ours.toFixed(1).padStart(9)} tok/s   torch ${theirs ? theirs.toFixed(1).padStart(9) : '      n/a'} tok/s   ratio ${theirs ? (ours / theirs).toFixed(2) : 'n/a'}`);
   row('forward (4x256)', fwd, torchF?.tokens_per_second as number | undefined);
   row('generate (greedy, KV)', gen, torchG?.tokens_per_second as number | undefined);
+  row('generate bf16 weights', gen16, undefined);
 }

@@ -1,7 +1,8 @@
 /**
- * npm run bench -- profile [--mode forward|train] [--shape smollm2|tiny] [--steps N] [--dtype f32|bf16]
- * Per-kernel time table of the forward (no grad) or of LoRA training steps (r=8, alpha=16, all-linear,
- * AdamW), batch 4 x 256, after one warm-up step. Sets AJUSTE_PROFILE=1 (see src/kernels/profile.ts); the
+ * npm run bench -- profile [--mode forward|train|generate] [--shape smollm2|tiny] [--steps N] [--dtype f32|bf16]
+ * Per-kernel time table of the forward (no grad), of LoRA training steps (r=8, alpha=16, all-linear,
+ * AdamW), batch 4 x 256, or of greedy generation with the KV cache (32-token prompt, 64 new tokens; tok/s
+ * counts the new tokens), after one warm-up step. Sets AJUSTE_PROFILE=1 (see src/kernels/profile.ts); the
  * "outside kernels" line is JS glue, allocation and GC. `node --cpu-prof` on this script shows which JS.
  */
 process.env.AJUSTE_PROFILE = '1';
@@ -14,6 +15,7 @@ const { backward, noGrad, scope } = await import('../src/tensor/autograd.js');
 const { Rng } = await import('../src/tensor/rng.js');
 const { printProfile, resetProfile } = await import('../src/kernels/profile.js');
 const { SHAPES } = await import('./shapes.js');
+const { generate } = await import('../src/eval/generate.js');
 
 function arg(name: string, dflt: string): string {
   const i = process.argv.indexOf(`--${name}`);
@@ -31,7 +33,12 @@ export default async function main(): Promise<void> {
   const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
   const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
   let step: () => void;
-  if (mode === 'forward') {
+  let tokens = B * T;
+  if (mode === 'generate') {
+    const prompt = Array.from(ids.subarray(0, 32));
+    tokens = 64;
+    step = () => void generate(model, prompt, { maxNewTokens: tokens });
+  } else if (mode === 'forward') {
     step = () => void noGrad(() => scope(() => model.loss(model.forwardHidden(batch), ids, batch).item()));
   } else {
     const applied = applyLora(model, loraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' }), rng, rng);
@@ -51,6 +58,6 @@ export default async function main(): Promise<void> {
   const t = performance.now();
   for (let i = 0; i < steps; i++) step();
   const s = (performance.now() - t) / 1000 / steps;
-  process.stderr.write(`${mode} ${shape}: ${(s * 1000).toFixed(0)} ms/step, ${((B * T) / s).toFixed(1)} tok/s (totals below are over ${steps} steps)\n`);
+  process.stderr.write(`${mode} ${shape}: ${(s * 1000).toFixed(0)} ms/step, ${(tokens / s).toFixed(1)} tok/s (totals below are over ${steps} steps)\n`);
   printProfile();
 }

@@ -5,7 +5,9 @@
 #include "threads.h"
 
 void RegisterGemm(Napi::Env env, Napi::Object exports);       // gemm.cc
+void RegisterGemv(Napi::Env env, Napi::Object exports);       // gemv.cc
 void RegisterAttention(Napi::Env env, Napi::Object exports);  // attention.cc
+void RegisterDecodeAttention(Napi::Env env, Napi::Object exports);  // decode_attention.cc
 void RegisterMmap(Napi::Env env, Napi::Object exports);       // mmap.cc
 void RegisterNf4(Napi::Env env, Napi::Object exports);        // nf4.cc
 void RegisterPointwise(Napi::Env env, Napi::Object exports);  // pointwise.cc
@@ -21,7 +23,9 @@ static Napi::Value Info(const Napi::CallbackInfo& info) {
 static Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("info", Napi::Function::New(env, Info));
   RegisterGemm(env, exports);
+  RegisterGemv(env, exports);
   RegisterAttention(env, exports);
+  RegisterDecodeAttention(env, exports);
   RegisterMmap(env, exports);
   RegisterNf4(env, exports);
   RegisterPointwise(env, exports);

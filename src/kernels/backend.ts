@@ -34,6 +34,23 @@ export interface Kernels {
   ): void;
 
   /**
+   * C[M,N] = alpha * A · B^T + beta * C with A [M,K] (row stride lda), B [N,K] (ldb), C [M,N] (ldc), for a
+   * small M (decode: one token): y = x W^T with the weight as stored. Same result as gemm(false, true, ...);
+   * streams B once, so it runs at memory speed. src/tensor/ops.ts sends M <= GEMV_MAX_ROWS here.
+   * When beta == 0, C is overwritten.
+   */
+  gemv(
+    M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number, B: Float32Array, ldb: number,
+    beta: number, C: Float32Array, ldc: number,
+  ): void;
+
+  /** gemv with B in bf16 (widened to f32; the dot products are f32). */
+  gemvBf16(
+    M: number, N: number, K: number, alpha: number, A: Float32Array, lda: number, B: Bf16Array, ldb: number,
+    beta: number, C: Float32Array, ldc: number,
+  ): void;
+
+  /**
    * C[M,N] = alpha * A^T · B + beta * C with A [K,M] (row stride lda), B [K,N] (ldb), C [M,N] (ldc), for a
    * small M: LoRA's weight gradients gA = gu^T x and gB^T = u^T g (a reduction over the tokens into r
    * rows). Same result as gemm(true, false, ...), faster for M <= 16. When beta == 0, C is overwritten.
@@ -53,6 +70,17 @@ export interface Kernels {
   attentionFwd(
     q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, lse: Float32Array,
     B: number, T: number, H: number, Hkv: number, D: number, scale: number, segIds: Int32Array | null,
+  ): void;
+
+  /**
+   * Attention of n new query rows over a KV cache (incremental decoding, batch 1, grouped-query, no
+   * backward). q and out are [n, H, D]; keys and values are [capacity, Hkv, D] and already hold the
+   * start + n tokens (the new ones at start .. start+n-1). Query row i sits at position start + i and
+   * attends to keys 0 .. start + i; head h reads kv head floor(h / (H/Hkv)). Scores are scaled by scale.
+   */
+  attentionDecode(
+    q: Float32Array, keys: Float32Array, values: Float32Array, out: Float32Array,
+    start: number, n: number, H: number, Hkv: number, D: number, scale: number,
   ): void;
 
   /**

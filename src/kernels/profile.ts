@@ -44,7 +44,7 @@ export function profiledKernels(k: Kernels): Kernels {
         add(`${name} ${M}x${N}x${K}${tA ? ' tA' : ''}${tB ? ' tB' : ''}`, performance.now() - t, 2 * M * N * K);
         return r;
       };
-    } else if (name === 'gemmAtB') {
+    } else if (name === 'gemmAtB' || name === 'gemv' || name === 'gemvBf16') {
       out[name] = (...a: unknown[]) => {
         const [M, N, K] = a as [number, number, number];
         const t = performance.now();

@@ -17,9 +17,20 @@ type GemmBf16 = (
   A: FloatArray, lda: number, B: Uint16Array, ldb: number, beta: number, C: FloatArray, ldc: number,
 ) => void;
 
-/** The GEMM for buffers of this float type: native for f32, js for f64. */
+/**
+ * Products y = x W^T with at most this many rows of x go to the gemv kernels (decode: one token per step),
+ * which stream the weight once instead of packing it for a tiled GEMM.
+ */
+export const GEMV_MAX_ROWS = 4;
+
+/** The GEMM for buffers of this float type: native for f32 (gemv for few rows times B^T), js for f64. */
 export function gemmFor(x: FloatArray): Gemm {
-  return x instanceof Float64Array ? jsGemm : (kernels().gemm as Gemm);
+  if (x instanceof Float64Array) return jsGemm;
+  const k = kernels();
+  return (tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) => {
+    if (!tA && tB && M <= GEMV_MAX_ROWS) k.gemv(M, N, K, alpha, A as Float32Array, lda, B as Float32Array, ldb, beta, C as Float32Array, ldc);
+    else k.gemm(tA, tB, M, N, K, alpha, A as Float32Array, lda, B as Float32Array, ldb, beta, C as Float32Array, ldc);
+  };
 }
 
 type GemmAtB = (
@@ -32,8 +43,14 @@ export function gemmAtBFor(x: FloatArray): GemmAtB {
   return x instanceof Float64Array ? jsGemmAtB : (kernels().gemmAtB as GemmAtB);
 }
 
+/** gemmFor with B in bf16. */
 export function gemmBf16For(x: FloatArray): GemmBf16 {
-  return x instanceof Float64Array ? jsGemmBf16 : (kernels().gemmBf16 as GemmBf16);
+  if (x instanceof Float64Array) return jsGemmBf16;
+  const k = kernels();
+  return (tA, tB, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc) => {
+    if (!tA && tB && M <= GEMV_MAX_ROWS) k.gemvBf16(M, N, K, alpha, A as Float32Array, lda, B, ldb, beta, C as Float32Array, ldc);
+    else k.gemmBf16(tA, tB, M, N, K, alpha, A as Float32Array, lda, B, ldb, beta, C as Float32Array, ldc);
+  };
 }
 
 function floatOut(like: Tensor, shape: readonly number[]): Tensor {

@@ -110,3 +110,43 @@ export function attentionBwd(
     }
   }
 }
+
+/** See Kernels.attentionDecode. Scores and sums in f64. */
+export function attentionDecode(
+  q: Floats, keys: Floats, values: Floats, out: Floats,
+  start: number, n: number, H: number, Hkv: number, D: number, scale: number,
+): void {
+  if (!Number.isInteger(start) || start < 0 || !Number.isInteger(n) || n < 0) {
+    throw new Error(`attentionDecode: start and n must be integers >= 0, got ${start} and ${n}`);
+  }
+  checkArgs('attentionDecode', 1, Math.max(1, start + n), H, Hkv, D, scale, null, [
+    ['q', q, n * H * D], ['keys', keys, (start + n) * Hkv * D], ['values', values, (start + n) * Hkv * D], ['out', out, n * H * D],
+  ]);
+  const group = H / Hkv;
+  const scores = new Float64Array(start + n);
+  const acc = new Float64Array(D);
+  for (let i = 0; i < n; i++) {
+    const len = start + i + 1;
+    for (let h = 0; h < H; h++) {
+      const kh = Math.floor(h / group);
+      const qo = (i * H + h) * D;
+      let m = -Infinity;
+      for (let s = 0; s < len; s++) {
+        const ko = (s * Hkv + kh) * D;
+        let dot = 0;
+        for (let d = 0; d < D; d++) dot += q[qo + d]! * keys[ko + d]!;
+        scores[s] = dot * scale;
+        if (scores[s]! > m) m = scores[s]!;
+      }
+      let sum = 0;
+      for (let s = 0; s < len; s++) sum += scores[s] = Math.exp(scores[s]! - m);
+      acc.fill(0);
+      for (let s = 0; s < len; s++) {
+        const p = scores[s]!;
+        const vo = (s * Hkv + kh) * D;
+        for (let d = 0; d < D; d++) acc[d]! += p * values[vo + d]!;
+      }
+      for (let d = 0; d < D; d++) out[qo + d] = acc[d]! / sum;
+    }
+  }
+}

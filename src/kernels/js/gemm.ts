@@ -48,6 +48,22 @@ export function gemmAtB(
   gemm(true, false, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
 }
 
+/** C[M,N] = alpha * A B^T + beta * C, A [M,K], B [N,K]. See Kernels.gemv. */
+export function gemv(
+  M: number, N: number, K: number, alpha: number, A: Floats, lda: number, B: Floats, ldb: number,
+  beta: number, C: Floats, ldc: number,
+): void {
+  gemm(false, true, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
+/** gemv with B in bf16. See Kernels.gemvBf16. */
+export function gemvBf16(
+  M: number, N: number, K: number, alpha: number, A: Floats, lda: number, B: Bf16Array, ldb: number,
+  beta: number, C: Floats, ldc: number,
+): void {
+  gemmBf16(false, true, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+}
+
 /** gemm with B in bf16: B is widened to f32 one row at a time. */
 export function gemmBf16(
   transA: boolean, transB: boolean, M: number, N: number, K: number,

@@ -53,31 +53,5 @@ export function attentionCached(
   q: Float32Array, keys: Float32Array, values: Float32Array, start: number, n: number,
   H: number, Hkv: number, D: number, out: Float32Array,
 ): void {
-  const group = H / Hkv;
-  const scale = 1 / Math.sqrt(D);
-  const scores = new Float64Array(start + n);
-  for (let i = 0; i < n; i++) {
-    const len = start + i + 1;
-    for (let h = 0; h < H; h++) {
-      const kh = Math.floor(h / group);
-      const qo = (i * H + h) * D;
-      let m = -Infinity;
-      for (let s = 0; s < len; s++) {
-        const ko = (s * Hkv + kh) * D;
-        let dot = 0;
-        for (let d = 0; d < D; d++) dot += q[qo + d]! * keys[ko + d]!;
-        scores[s] = dot * scale;
-        if (scores[s]! > m) m = scores[s]!;
-      }
-      let sum = 0;
-      for (let s = 0; s < len; s++) sum += scores[s] = Math.exp(scores[s]! - m);
-      const oo = (i * H + h) * D;
-      for (let d = 0; d < D; d++) out[oo + d] = 0;
-      for (let s = 0; s < len; s++) {
-        const p = scores[s]! / sum;
-        const vo = (s * Hkv + kh) * D;
-        for (let d = 0; d < D; d++) out[oo + d]! += p * values[vo + d]!;
-      }
-    }
-  }
+  kernels().attentionDecode(q, keys, values, out, start, n, H, Hkv, D, 1 / Math.sqrt(D));
 }
