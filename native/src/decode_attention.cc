@@ -15,6 +15,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_util.h"
 #include "threads.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -23,6 +24,11 @@
 #endif
 
 namespace {
+using ajuste::array_arg;
+using ajuste::ArgError;
+using ajuste::int_arg;
+
+bool use_avx2() { return ajuste::cpu_avx2_fma(); }
 
 struct Shape {
   long start, n, H, Hkv, D;
@@ -58,20 +64,6 @@ AJ_AVX2 void axpy_avx2(float p, const float* x, float* y, long D) {
   for (; d < D; d++) y[d] += p * x[d];
 }
 #endif
-
-bool use_avx2() {
-#ifdef AJ_DA_X86
-  static const bool ok = [] {
-    const char* force = std::getenv("AJUSTE_ISA");
-    if (force && std::string(force) == "scalar") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
 
 bool force_scalar = false;
 
@@ -128,42 +120,19 @@ void decode(const Shape& s, const float* q, const float* K, const float* V, floa
 // ---------------------------------------------------------------------------------------------
 // N-API: attentionDecode(q, keys, values, out, start, n, H, Hkv, D, scale)
 // ---------------------------------------------------------------------------------------------
-struct ArgError {
-  std::string msg;
-};
-
-long int_arg(const Napi::CallbackInfo& info, int i, const char* name, long lo) {
-  if (!info[i].IsNumber()) throw ArgError{std::string("attentionDecode: ") + name + " must be a number"};
-  const double d = info[i].As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= 2147483647.0) || d != (double)(long)d)
-    throw ArgError{std::string("attentionDecode: ") + name + " must be an integer >= " + std::to_string(lo) +
-                   ", got " + std::to_string(d)};
-  return (long)d;
-}
-
-float* buf(const Napi::CallbackInfo& info, int i, const char* name, double need) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    throw ArgError{std::string("attentionDecode: ") + name + " must be a Float32Array"};
-  Napi::Float32Array a = v.As<Napi::Float32Array>();
-  if ((double)a.ElementLength() < need)
-    throw ArgError{std::string("attentionDecode: ") + name + " has " + std::to_string(a.ElementLength()) +
-                   " elements, needs " + std::to_string((long long)need)};
-  return a.Data();
-}
-
 Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const std::string fn = "attentionDecode";
   try {
     if (info.Length() < 10)
       throw ArgError{"attentionDecode: expected 10 arguments (q, keys, values, out, start, n, H, Hkv, D, scale), got " +
                      std::to_string(info.Length())};
     Shape s{};
-    s.start = int_arg(info, 4, "start", 0);
-    s.n = int_arg(info, 5, "n", 0);
-    s.H = int_arg(info, 6, "H", 1);
-    s.Hkv = int_arg(info, 7, "Hkv", 1);
-    s.D = int_arg(info, 8, "D", 1);
+    s.start = int_arg(info, 4, fn, "start", 0);
+    s.n = int_arg(info, 5, fn, "n", 0);
+    s.H = int_arg(info, 6, fn, "H", 1);
+    s.Hkv = int_arg(info, 7, fn, "Hkv", 1);
+    s.D = int_arg(info, 8, fn, "D", 1);
     if (s.H % s.Hkv != 0)
       throw ArgError{"attentionDecode: H=" + std::to_string(s.H) + " is not a multiple of Hkv=" + std::to_string(s.Hkv)};
     if (!info[9].IsNumber()) throw ArgError{"attentionDecode: scale must be a number"};
@@ -171,10 +140,10 @@ Napi::Value AttentionDecode(const Napi::CallbackInfo& info) {
     if (!std::isfinite(scale)) throw ArgError{"attentionDecode: scale must be finite"};
     s.scale = (float)scale;
     const double nq = (double)s.n * s.H * s.D, nkv = (double)(s.start + s.n) * s.Hkv * s.D;
-    const float* q = buf(info, 0, "q", nq);
-    const float* K = buf(info, 1, "keys", nkv);
-    const float* V = buf(info, 2, "values", nkv);
-    float* out = buf(info, 3, "out", nq);
+    const float* q = array_arg<float>(info, 0, fn, "q", nq);
+    const float* K = array_arg<float>(info, 1, fn, "keys", nkv);
+    const float* V = array_arg<float>(info, 2, fn, "values", nkv);
+    float* out = array_arg<float>(info, 3, fn, "out", nq);
     decode(s, q, K, V, out);
   } catch (const ArgError& e) {
     Napi::TypeError::New(env, e.msg).ThrowAsJavaScriptException();

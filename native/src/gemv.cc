@@ -18,6 +18,7 @@
 #include <cstring>
 #include <string>
 
+#include "napi_util.h"
 #include "threads.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -26,6 +27,11 @@
 #endif
 
 namespace {
+using ajuste::ArgError;
+using ajuste::int_arg;
+using ajuste::mat_arg;
+
+bool use_avx2() { return ajuste::cpu_avx2_fma(); }
 
 inline float widen(float x) { return x; }
 inline float widen(uint16_t x) {
@@ -117,20 +123,6 @@ AJ_AVX2 void gemv_avx2(int M, int K, float alpha, const float* A, long lda, cons
 }
 #endif
 
-bool use_avx2() {
-#ifdef AJ_GV_X86
-  static const bool ok = [] {
-    const char* force = std::getenv("AJUSTE_ISA");
-    if (force && std::string(force) == "scalar") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 bool force_scalar = false;
 
 // Below this many weight elements (times M) one thread does the whole product. On the 2-core test machine
@@ -158,36 +150,6 @@ void gemv(int M, int N, int K, float alpha, const float* A, long lda, const W* B
 // ---------------------------------------------------------------------------------------------
 // N-API: gemv(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), gemvBf16 (same, B a Uint16Array)
 // ---------------------------------------------------------------------------------------------
-struct ArgError {
-  std::string msg;
-};
-
-long int_arg(const Napi::CallbackInfo& info, int i, const std::string& fn, const char* name, long lo) {
-  if (!info[i].IsNumber()) throw ArgError{fn + ": " + name + " must be a number"};
-  const double d = info[i].As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= 2147483647.0) || d != (double)(long)d)
-    throw ArgError{fn + ": " + name + " must be an integer >= " + std::to_string(lo) + ", got " + std::to_string(d)};
-  return (long)d;
-}
-
-template <typename T>
-T* mat(const Napi::CallbackInfo& info, int i, const std::string& fn, const char* name, long rows, long cols, long ld) {
-  constexpr napi_typedarray_type want = sizeof(T) == 4 ? napi_float32_array : napi_uint16_array;
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != want)
-    throw ArgError{fn + ": " + name + (sizeof(T) == 4 ? " must be a Float32Array" : " must be a Uint16Array (bf16)")};
-  if (ld < std::max(1L, cols))
-    throw ArgError{fn + ": the row stride of " + name + " (" + std::to_string(ld) + ") is smaller than its " +
-                   std::to_string(cols) + " columns"};
-  Napi::TypedArrayOf<T> a = v.As<Napi::TypedArrayOf<T>>();
-  const double need = rows > 0 && cols > 0 ? (double)(rows - 1) * ld + cols : 0;
-  if ((double)a.ElementLength() < need)
-    throw ArgError{fn + ": " + name + " has " + std::to_string(a.ElementLength()) + " elements, [" +
-                   std::to_string(rows) + "," + std::to_string(cols) + "] with stride " + std::to_string(ld) +
-                   " needs " + std::to_string((long long)need)};
-  return a.Data();
-}
-
 template <typename W>
 Napi::Value Gemv(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
@@ -202,9 +164,9 @@ Napi::Value Gemv(const Napi::CallbackInfo& info) {
     const float beta = (float)info[8].As<Napi::Number>().DoubleValue();
     const long lda = int_arg(info, 5, fn, "lda", 1), ldb = int_arg(info, 7, fn, "ldb", 1),
                ldc = int_arg(info, 10, fn, "ldc", 1);
-    const float* A = mat<float>(info, 4, fn, "A", M, K, lda);
-    const W* B = mat<W>(info, 6, fn, "B", N, K, ldb);
-    float* C = mat<float>(info, 9, fn, "C", M, N, ldc);
+    const float* A = mat_arg<float>(info, 4, fn, "A", M, K, lda);
+    const W* B = mat_arg<W>(info, 6, fn, "B", N, K, ldb);
+    float* C = mat_arg<float>(info, 9, fn, "C", M, N, ldc);
     gemv<W>((int)M, (int)N, (int)K, alpha, A, lda, B, ldb, beta, C, ldc);
   } catch (const ArgError& e) {
     Napi::TypeError::New(env, e.msg).ThrowAsJavaScriptException();

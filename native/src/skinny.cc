@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_util.h"
 #include "threads.h"
 
 #if defined(__x86_64__) || defined(__i386__)
@@ -27,6 +28,11 @@
 #endif
 
 namespace {
+using ajuste::ArgError;
+using ajuste::int_arg;
+using ajuste::mat_arg;
+
+bool use_avx2() { return ajuste::cpu_avx2_fma(); }
 
 constexpr int NB = 16;   // columns per block
 constexpr int KB = 16;   // rows of B per sweep: 16 rows, 16 pages at most (the L1 TLB has 64 entries)
@@ -119,20 +125,6 @@ AJ_AVX2 void at_b_avx2(int M, int Mp, int K, float alpha, const float* Ap, const
 }
 #endif
 
-bool use_avx2() {
-#ifdef AJ_SK_X86
-  static const bool ok = [] {
-    const char* force = std::getenv("AJUSTE_ISA");
-    if (force && std::string(force) == "scalar") return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return ok;
-#else
-  return false;
-#endif
-}
-
 bool force_scalar = false;
 
 void at_b(int M, int N, int K, float alpha, const float* A, long lda, const float* B, long ldb, float beta, float* C,
@@ -167,49 +159,21 @@ void at_b(int M, int N, int K, float alpha, const float* A, long lda, const floa
 // ---------------------------------------------------------------------------------------------
 // N-API: gemmAtB(M, N, K, alpha, A, lda, B, ldb, beta, C, ldc)
 // ---------------------------------------------------------------------------------------------
-struct ArgError {
-  std::string msg;
-};
-
-long int_arg(const Napi::CallbackInfo& info, int i, const char* name, long lo) {
-  if (!info[i].IsNumber()) throw ArgError{std::string("gemmAtB: ") + name + " must be a number"};
-  const double d = info[i].As<Napi::Number>().DoubleValue();
-  if (!(d >= (double)lo && d <= 2147483647.0) || d != (double)(long)d)
-    throw ArgError{std::string("gemmAtB: ") + name + " must be an integer >= " + std::to_string(lo) + ", got " +
-                   std::to_string(d)};
-  return (long)d;
-}
-
-float* mat(const Napi::CallbackInfo& info, int i, const char* name, long rows, long cols, long ld) {
-  const Napi::Value v = info[i];
-  if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float32_array)
-    throw ArgError{std::string("gemmAtB: ") + name + " must be a Float32Array"};
-  if (ld < std::max(1L, cols))
-    throw ArgError{std::string("gemmAtB: the row stride of ") + name + " (" + std::to_string(ld) + ") is smaller than its " +
-                   std::to_string(cols) + " columns"};
-  Napi::Float32Array a = v.As<Napi::Float32Array>();
-  const double need = rows > 0 && cols > 0 ? (double)(rows - 1) * ld + cols : 0;
-  if ((double)a.ElementLength() < need)
-    throw ArgError{std::string("gemmAtB: ") + name + " has " + std::to_string(a.ElementLength()) + " elements, [" +
-                   std::to_string(rows) + "," + std::to_string(cols) + "] with stride " + std::to_string(ld) +
-                   " needs " + std::to_string((long long)need)};
-  return a.Data();
-}
-
 Napi::Value GemmAtB(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
+  const std::string fn = "gemmAtB";
   try {
     if (info.Length() < 11)
       throw ArgError{"gemmAtB: expected 11 arguments (M, N, K, alpha, A, lda, B, ldb, beta, C, ldc), got " +
                      std::to_string(info.Length())};
-    const long M = int_arg(info, 0, "M", 0), N = int_arg(info, 1, "N", 0), K = int_arg(info, 2, "K", 0);
+    const long M = int_arg(info, 0, fn, "M", 0), N = int_arg(info, 1, fn, "N", 0), K = int_arg(info, 2, fn, "K", 0);
     if (!info[3].IsNumber() || !info[8].IsNumber()) throw ArgError{"gemmAtB: alpha and beta must be numbers"};
     const float alpha = (float)info[3].As<Napi::Number>().DoubleValue();
     const float beta = (float)info[8].As<Napi::Number>().DoubleValue();
-    const long lda = int_arg(info, 5, "lda", 1), ldb = int_arg(info, 7, "ldb", 1), ldc = int_arg(info, 10, "ldc", 1);
-    const float* A = mat(info, 4, "A", K, M, lda);
-    const float* B = mat(info, 6, "B", K, N, ldb);
-    float* C = mat(info, 9, "C", M, N, ldc);
+    const long lda = int_arg(info, 5, fn, "lda", 1), ldb = int_arg(info, 7, fn, "ldb", 1), ldc = int_arg(info, 10, fn, "ldc", 1);
+    const float* A = mat_arg<float>(info, 4, fn, "A", K, M, lda);
+    const float* B = mat_arg<float>(info, 6, fn, "B", K, N, ldb);
+    float* C = mat_arg<float>(info, 9, fn, "C", M, N, ldc);
     at_b((int)M, (int)N, (int)K, alpha, A, lda, B, ldb, beta, C, ldc);
   } catch (const ArgError& e) {
     Napi::TypeError::New(env, e.msg).ThrowAsJavaScriptException();
