@@ -147,20 +147,23 @@ describe('readers', () => {
   });
 });
 
+/** A tokenized example with plain arrays, to compare with literals. */
+const plain = (e: TokenizedExample) => ({ ...e, inputIds: Array.from(e.inputIds), labels: Array.from(e.labels) });
+
 describe('tokenizeExample (tiny ChatML tokenizer)', () => {
   it('text: appends EOS and trains every token, EOS included although pad == eos', () => {
     expect(tiny.padId).toBe(tiny.eosId);
     const ex = tokenizeExample({ kind: 'text', text: 'hello world', source: src }, tiny);
-    expect(ex).toEqual({ inputIds: [259, 264, 265], labels: [259, 264, 265], truncated: false });
-    expect(tokenizeExample({ kind: 'text', text: 'hello world<|endoftext|>', source: src }, tiny).inputIds).toEqual([259, 264, 265]);
-    expect(tokenizeExample({ kind: 'text', text: 'hello world', source: src }, tiny, { addEos: false }).inputIds).toEqual([259, 264]);
+    expect(plain(ex)).toEqual({ inputIds: [259, 264, 265], labels: [259, 264, 265], truncated: false });
+    expect(Array.from(tokenizeExample({ kind: 'text', text: 'hello world<|endoftext|>', source: src }, tiny).inputIds)).toEqual([259, 264, 265]);
+    expect(Array.from(tokenizeExample({ kind: 'text', text: 'hello world', source: src }, tiny, { addEos: false }).inputIds)).toEqual([259, 264]);
   });
 
   it('prompt-completion: completion-only by default', () => {
     const r: DataRecord = { kind: 'prompt-completion', prompt: 'hi ', completion: 'hello world', source: src };
     // "hi hello world<|endoftext|>" -> h i Ġ hello Ġworld eos; the prompt "hi " is 3 tokens.
-    expect(tokenizeExample(r, tiny)).toEqual({ inputIds: [104, 105, 32, 259, 264, 265], labels: [X, X, X, 259, 264, 265], truncated: false });
-    expect(tokenizeExample(r, tiny, { completionOnlyLoss: false }).labels).toEqual([104, 105, 32, 259, 264, 265]);
+    expect(plain(tokenizeExample(r, tiny))).toEqual({ inputIds: [104, 105, 32, 259, 264, 265], labels: [X, X, X, 259, 264, 265], truncated: false });
+    expect(Array.from(tokenizeExample(r, tiny, { completionOnlyLoss: false }).labels)).toEqual([104, 105, 32, 259, 264, 265]);
   });
 
   it('messages: all tokens by default; assistant-only marks content + <|im_end|> of every assistant turn', () => {
@@ -175,10 +178,10 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
       ],
     };
     const ids = [...USER_HI, ...ASSISTANT, 259, 267, 10, ...USER_HI, ...ASSISTANT, 119, 261, 108, 100, 267, 10];
-    expect(tokenizeExample(r, tiny)).toEqual({ inputIds: ids, labels: ids, truncated: false });
+    expect(plain(tokenizeExample(r, tiny))).toEqual({ inputIds: ids, labels: ids, truncated: false });
     const a = tokenizeExample(r, tiny, { assistantOnlyLoss: true });
-    expect(a.inputIds).toEqual(ids);
-    expect(a.labels).toEqual([...masked(21), 259, 267, X, ...masked(21), 119, 261, 108, 100, 267, X]);
+    expect(Array.from(a.inputIds)).toEqual(ids);
+    expect(Array.from(a.labels)).toEqual([...masked(21), 259, 267, X, ...masked(21), 119, 261, 108, 100, 267, X]);
   });
 
   it('assistant-only falls back to per-segment tokenization when tokens have no byte mapping', () => {
@@ -195,8 +198,8 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
       ],
     };
     const ex = tokenizeExample(r, noByteLevel, { assistantOnlyLoss: true });
-    expect(ex.inputIds).toEqual([...USER_HI, ...ASSISTANT, 259, 264, 267, 10]);
-    expect(ex.labels).toEqual([...masked(21), 259, 264, 267, X]);
+    expect(Array.from(ex.inputIds)).toEqual([...USER_HI, ...ASSISTANT, 259, 264, 267, 10]);
+    expect(Array.from(ex.labels)).toEqual([...masked(21), 259, 264, 267, X]);
   });
 
   it('assistant-only needs an assistant turn', () => {
@@ -212,18 +215,18 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
       completion: [{ role: 'assistant', content: 'hello' }],
     };
     const ex = tokenizeExample(r, tiny);
-    expect(ex.inputIds).toEqual([...USER_HI, ...ASSISTANT, 259, 267, 10]);
-    expect(ex.labels).toEqual([...masked(21), 259, 267, 10]);
+    expect(Array.from(ex.inputIds)).toEqual([...USER_HI, ...ASSISTANT, 259, 267, 10]);
+    expect(Array.from(ex.labels)).toEqual([...masked(21), 259, 267, 10]);
     // With assistant-only as well, the trailing newline (outside the assistant turn) is not trained.
-    expect(tokenizeExample(r, tiny, { assistantOnlyLoss: true }).labels).toEqual([...masked(21), 259, 267, X]);
+    expect(Array.from(tokenizeExample(r, tiny, { assistantOnlyLoss: true }).labels)).toEqual([...masked(21), 259, 267, X]);
   });
 
   it('preference pairs tokenize as two prompt-completions', () => {
     const p = tokenizePreference({ kind: 'preference', prompt: 'hi ', chosen: 'hello', rejected: 'go', conversational: false, source: src }, tiny);
-    expect(p.chosen.inputIds).toEqual([104, 105, 32, 259, 265]);
-    expect(p.chosen.labels).toEqual([X, X, X, 259, 265]);
-    expect(p.rejected.inputIds).toEqual([104, 105, 32, 103, 111, 265]);
-    expect(p.rejected.labels).toEqual([X, X, X, 103, 111, 265]);
+    expect(Array.from(p.chosen.inputIds)).toEqual([104, 105, 32, 259, 265]);
+    expect(Array.from(p.chosen.labels)).toEqual([X, X, X, 259, 265]);
+    expect(Array.from(p.rejected.inputIds)).toEqual([104, 105, 32, 103, 111, 265]);
+    expect(Array.from(p.rejected.labels)).toEqual([X, X, X, 103, 111, 265]);
     expect(() => tokenizeExample({ kind: 'preference', prompt: null, chosen: 'a', rejected: 'b', conversational: false, source: src }, tiny)).toThrow(
       /is for reward\/DPO training/,
     );
@@ -232,7 +235,7 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
   it('truncates to maxLength (keep start) and counts truncations and drops', () => {
     const long: DataRecord = { kind: 'text', text: 'hello world hello world', source: src };
     const ex = tokenizeExample(long, tiny, { maxLength: 3 });
-    expect(ex).toEqual({ inputIds: [259, 264, 32], labels: [259, 264, 32], truncated: true });
+    expect(plain(ex)).toEqual({ inputIds: [259, 264, 32], labels: [259, 264, 32], truncated: true });
     const records: DataRecord[] = [
       long,
       { kind: 'text', text: 'hi', source: src },
@@ -241,7 +244,7 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
     const res = tokenizeDataset(records, tiny, { maxLength: 4 });
     expect(res.truncated).toBe(2);
     expect(res.dropped).toBe(1);
-    expect(res.examples.map((e) => e.inputIds)).toEqual([
+    expect(res.examples.map((e) => Array.from(e.inputIds))).toEqual([
       [259, 264, 32, 259],
       [104, 105, 265],
     ]);
@@ -274,8 +277,8 @@ describe('tokenizeExample (tiny ChatML tokenizer)', () => {
 
 describe('packing and batches', () => {
   const ex = (len: number, base: number): TokenizedExample => ({
-    inputIds: Array.from({ length: len }, (_, i) => base + i),
-    labels: Array.from({ length: len }, (_, i) => (i === 0 ? X : base + i)),
+    inputIds: Int32Array.from({ length: len }, (_, i) => base + i),
+    labels: Int32Array.from({ length: len }, (_, i) => (i === 0 ? X : base + i)),
     truncated: false,
   });
 
@@ -290,10 +293,10 @@ describe('packing and batches', () => {
       [4, 1],
     ]);
     expect(rows[0]).toEqual({
-      inputIds: [500, 501, 502, 503, 504, 505, 400, 401],
-      labels: [X, 501, 502, 503, 504, 505, X, 401],
-      positionIds: [0, 1, 2, 3, 4, 5, 0, 1],
-      segIds: [0, 0, 0, 0, 0, 0, 1, 1],
+      inputIds: Int32Array.from([500, 501, 502, 503, 504, 505, 400, 401]),
+      labels: Int32Array.from([X, 501, 502, 503, 504, 505, X, 401]),
+      positionIds: Int32Array.from([0, 1, 2, 3, 4, 5, 0, 1]),
+      segIds: Int32Array.from([0, 0, 0, 0, 0, 0, 1, 1]),
       seqLengths: [6, 2],
     });
   });
@@ -381,5 +384,19 @@ describe('packing and batches', () => {
     expect(b.tokens).toBe(14);
     expect([...b.positionIds.subarray(0, 8)]).toEqual([0, 1, 2, 3, 4, 0, 1, 2]);
     expect([...b.segIds!.subarray(8, 16)]).toEqual([0, 0, 0, 0, 1, 1, 2, 2]);
+  });
+
+  it('the loader builds its rows when it batches them: the same batches as packSequences rows, and examples are not copied', () => {
+    const examples = Array.from({ length: 40 }, (_, i) => ex(1 + ((i * 7) % 11), i * 100));
+    const rows = packSequences(examples, 12).rows;
+    const l = new BatchLoader(examples, { batchSize: 3, maxLength: 12, packing: true, padId: 0, shuffle: false });
+    expect(l.rowCount).toBe(rows.length);
+    const got = [...l];
+    expect(got).toHaveLength(Math.ceil(rows.length / 3));
+    expect(got).toEqual(got.map((_, i) => collateRows(rows.slice(3 * i, 3 * i + 3), 0)));
+    // Unpacked rows are views of the examples' own arrays (cut to maxLength), not copies.
+    const row = exampleRow(examples[5]!, 4);
+    expect(row.inputIds.buffer).toBe(examples[5]!.inputIds.buffer);
+    expect([...row.inputIds]).toEqual([...examples[5]!.inputIds.subarray(0, 4)]);
   });
 });

@@ -10,7 +10,7 @@ describe('packing', () => {
     const { model } = loadModelFolder('test/fixtures/models/llama-gqa');
     const rng = new Rng(4);
     const examples = [9, 5, 13, 7, 4].map((n) => {
-      const ids = Array.from({ length: n }, () => 3 + rng.int(120));
+      const ids = Int32Array.from({ length: n }, () => 3 + rng.int(120));
       return { inputIds: ids, labels: ids.map((id, i) => (i < 2 ? -100 : id)), truncated: false };
     });
     const lossOf = (batch: ReturnType<typeof collateRows>) => noGrad(() => scope(() => model.loss(model.forwardHidden(batch), batch.labels, batch, 'sum').item()));

@@ -30,10 +30,11 @@ export interface TokenizeOptions {
   addEos?: boolean;
 }
 
+/** Token ids and labels as Int32Array: 8 bytes a token (a number[] of small integers takes 8 bytes an element). */
 export interface TokenizedExample {
-  inputIds: number[];
+  inputIds: Int32Array;
   /** Same length as inputIds; IGNORE_INDEX (-100) where the token is not trained. */
-  labels: number[];
+  labels: Int32Array;
   truncated: boolean;
 }
 
@@ -73,7 +74,10 @@ export function tokenizeExample(record: DataRecord, tok: Tokenizer, opts: Tokeni
     ids = ids.slice(0, maxLength);
     mask = mask.slice(0, maxLength);
   }
-  return { inputIds: ids, labels: ids.map((id, i) => (mask[i] ? id : IGNORE_INDEX)), truncated };
+  const inputIds = Int32Array.from(ids);
+  const labels = new Int32Array(ids.length);
+  for (let i = 0; i < ids.length; i++) labels[i] = mask[i] ? ids[i]! : IGNORE_INDEX;
+  return { inputIds, labels, truncated };
 }
 
 export interface TokenizedPreference {

@@ -13,11 +13,11 @@ import { IGNORE_INDEX, type TokenizedExample } from './dataset.js';
 
 /** A training row: one example, or several packed ones. */
 export interface PackedRow {
-  inputIds: number[];
-  labels: number[];
-  positionIds: number[];
+  inputIds: Int32Array;
+  labels: Int32Array;
+  positionIds: Int32Array;
   /** Which sequence of the row each token belongs to: 0, 1, 2, ... */
-  segIds: number[];
+  segIds: Int32Array;
   seqLengths: number[];
 }
 
@@ -64,8 +64,11 @@ class CapacityIndex {
   }
 }
 
-/** Best-fit-decreasing packing into rows of at most maxLength tokens. Deterministic (stable on ties). */
-export function packSequences(examples: readonly TokenizedExample[], maxLength: number): PackResult {
+/**
+ * Best-fit-decreasing packing into rows of at most maxLength tokens, as lists of example indices (the
+ * plan only: a BatchLoader builds each row's arrays when it batches it). Deterministic (stable on ties).
+ */
+export function packPlan(examples: readonly TokenizedExample[], maxLength: number): { members: number[][]; truncated: number } {
   if (!(maxLength > 0)) throw new Error(`packing needs a positive maxLength, got ${maxLength}`);
   let truncated = 0;
   const order = examples
@@ -92,32 +95,41 @@ export function packSequences(examples: readonly TokenizedExample[], maxLength: 
     members[row]!.push(i);
     if (room - len > 0) index.add(room - len, row);
   }
-  const rows = members.map((ids) => {
-    const row: PackedRow = { inputIds: [], labels: [], positionIds: [], segIds: [], seqLengths: [] };
-    ids.forEach((i, seg) => {
-      const e = examples[i]!;
-      const len = Math.min(e.inputIds.length, maxLength);
-      for (let t = 0; t < len; t++) {
-        row.inputIds.push(e.inputIds[t]!);
-        row.labels.push(e.labels[t]!);
-        row.positionIds.push(t);
-        row.segIds.push(seg);
-      }
-      row.seqLengths.push(len);
-    });
-    return row;
+  return { members, truncated };
+}
+
+/** The row of the packed examples `ids` (in order), each cut to maxLength. */
+export function packedRow(examples: readonly TokenizedExample[], ids: readonly number[], maxLength: number): PackedRow {
+  const lens = ids.map((i) => Math.min(examples[i]!.inputIds.length, maxLength));
+  const n = lens.reduce((a, b) => a + b, 0);
+  const row: PackedRow = { inputIds: new Int32Array(n), labels: new Int32Array(n), positionIds: new Int32Array(n), segIds: new Int32Array(n), seqLengths: lens };
+  let o = 0;
+  ids.forEach((i, seg) => {
+    const e = examples[i]!;
+    const len = lens[seg]!;
+    row.inputIds.set(e.inputIds.subarray(0, len), o);
+    row.labels.set(e.labels.subarray(0, len), o);
+    for (let t = 0; t < len; t++) row.positionIds[o + t] = t;
+    row.segIds.fill(seg, o, o + len);
+    o += len;
   });
-  return { rows, truncated };
+  return row;
+}
+
+/** Best-fit-decreasing packing into rows of at most maxLength tokens (packPlan, with every row built). */
+export function packSequences(examples: readonly TokenizedExample[], maxLength: number): PackResult {
+  const { members, truncated } = packPlan(examples, maxLength);
+  return { rows: members.map((ids) => packedRow(examples, ids, maxLength)), truncated };
 }
 
 /** One example as an unpacked row (cut to maxLength when given). */
 export function exampleRow(e: TokenizedExample, maxLength?: number): PackedRow {
   const len = maxLength === undefined ? e.inputIds.length : Math.min(maxLength, e.inputIds.length);
   return {
-    inputIds: e.inputIds.slice(0, len),
-    labels: e.labels.slice(0, len),
-    positionIds: Array.from({ length: len }, (_, t) => t),
-    segIds: new Array<number>(len).fill(0),
+    inputIds: e.inputIds.subarray(0, len),
+    labels: e.labels.subarray(0, len),
+    positionIds: Int32Array.from({ length: len }, (_, t) => t),
+    segIds: new Int32Array(len),
     seqLengths: [len],
   };
 }
@@ -150,12 +162,10 @@ export function collateRows(rows: readonly PackedRow[], padId: number, padToMult
   rows.forEach((r, b) => {
     const o = b * T;
     const n = r.inputIds.length;
-    for (let t = 0; t < n; t++) {
-      inputIds[o + t] = r.inputIds[t]!;
-      labels[o + t] = r.labels[t]!;
-      positionIds[o + t] = r.positionIds[t]!;
-      segIds[o + t] = r.segIds[t]!;
-    }
+    inputIds.set(r.inputIds, o);
+    labels.set(r.labels, o);
+    positionIds.set(r.positionIds, o);
+    segIds.set(r.segIds, o);
     if (r.seqLengths.length > 1 || n < T) needSeg = true;
     segIds.fill(r.seqLengths.length, o + n, o + T);
     tokens += n;
@@ -189,9 +199,14 @@ export interface LoaderPosition {
 /**
  * Epochs of batches over fixed rows (packed once). The order of epoch e is a function of (seed, e) only,
  * so a run restored from {epoch, offset, seed} yields exactly the batches the original run would have.
+ * Rows are kept as example indices and built when batched, so the loader adds nothing per token to the
+ * examples' own 8 bytes.
  */
 export class BatchLoader implements Iterable<DataBatch> {
-  readonly rows: PackedRow[];
+  /** Number of rows: examples, or packed rows of several examples. */
+  readonly rowCount: number;
+  /** Packed rows as example indices; null: row i is example i. */
+  private readonly members: number[][] | null;
   /** Examples cut to maxLength. */
   readonly truncated: number;
   private readonly seed: number | null;
@@ -200,26 +215,27 @@ export class BatchLoader implements Iterable<DataBatch> {
   private order: number[] = [];
 
   constructor(
-    examples: readonly TokenizedExample[],
+    private readonly examples: readonly TokenizedExample[],
     private readonly opts: BatchOptions,
   ) {
     if (!(opts.batchSize >= 1)) throw new Error(`batchSize must be >= 1, got ${opts.batchSize}`);
     if (examples.length === 0) throw new Error('no training examples (after tokenization and filtering)');
     if (opts.packing) {
-      const p = packSequences(examples, opts.maxLength);
-      this.rows = p.rows;
+      const p = packPlan(examples, opts.maxLength);
+      this.members = p.members;
       this.truncated = p.truncated;
     } else {
-      this.rows = examples.map((e) => exampleRow(e, opts.maxLength));
+      this.members = null;
       this.truncated = examples.filter((e) => e.inputIds.length > opts.maxLength).length;
     }
+    this.rowCount = this.members ? this.members.length : examples.length;
     const s = opts.shuffle;
     this.seed = s === undefined || s === false ? null : typeof s === 'number' ? s >>> 0 : s.nextU32();
     this.reorder();
   }
 
   get batchesPerEpoch(): number {
-    const n = this.rows.length / this.opts.batchSize;
+    const n = this.rowCount / this.opts.batchSize;
     return this.opts.dropLast ? Math.max(1, Math.floor(n)) : Math.ceil(n);
   }
 
@@ -237,7 +253,7 @@ export class BatchLoader implements Iterable<DataBatch> {
   }
 
   private reorder(): void {
-    this.order = this.rows.map((_, i) => i);
+    this.order = Array.from({ length: this.rowCount }, (_, i) => i);
     if (this.seed !== null) new Rng((this.seed ^ Math.imul(this.epoch + 1, 0x9e3779b1)) >>> 0).shuffle(this.order);
   }
 
@@ -249,9 +265,14 @@ export class BatchLoader implements Iterable<DataBatch> {
       this.reorder();
     }
     const bs = this.opts.batchSize;
-    const picked = this.order.slice(this.offset * bs, (this.offset + 1) * bs).map((i) => this.rows[i]!);
+    const picked = this.order.slice(this.offset * bs, (this.offset + 1) * bs).map((i) => this.row(i));
     this.offset++;
     return collateRows(picked, this.opts.padId ?? 0, this.opts.padToMultipleOf ?? 1);
+  }
+
+  private row(i: number): PackedRow {
+    const { examples, members, opts } = this;
+    return members ? packedRow(examples, members[i]!, opts.maxLength) : exampleRow(examples[i]!, opts.maxLength);
   }
 
   /** The rest of the current epoch (a fresh epoch when the current one is finished). */

@@ -5,7 +5,7 @@
  */
 import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
-import { tokenizeDataset } from '../data/dataset.js';
+import { type TokenizedExample, tokenizeDataset } from '../data/dataset.js';
 import { BatchLoader } from '../data/packing.js';
 import { type DataRecord, readRecords } from '../data/records.js';
 import { Tokenizer } from '../data/tokenizer.js';
@@ -206,6 +206,34 @@ function quantOptions(c: SftConfig, method: string, info: (m: string) => void): 
 }
 
 /** Fine-tunes (or pretrains) a causal LM as the config says. */
+/**
+ * Reads, splits and tokenizes the train (and eval) records. A function of its own so that the parsed
+ * records (their text) can be collected once tokenized: only the examples' Int32Arrays stay.
+ */
+function loadData(c: SftConfig, tok: Tokenizer, info: (m: string) => void): { loader: BatchLoader; evalTok: TokenizedExample[]; trainExamples: number; truncated: number } {
+  const read = readRecords(c.dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field });
+  if (read.skipped) info(`skipped ${read.skipped} bad records in ${c.dataset_path}`);
+  let [trainRecords, evalRecords] = splitRecords(read.records, c.eval_split ?? 0, c.seed);
+  if (c.eval_dataset_path) evalRecords = readRecords(c.eval_dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field }).records;
+  if (c.max_train_samples) trainRecords = trainRecords.slice(0, c.max_train_samples);
+  const tokOpts = { maxLength: c.max_length, completionOnlyLoss: c.completion_only_loss ?? true, assistantOnlyLoss: c.assistant_only_loss ?? false };
+  const trainTok = tokenizeDataset(trainRecords, tok, tokOpts);
+  if (trainTok.truncated) info(`${trainTok.truncated} of ${trainRecords.length} training records were longer than max_length ${c.max_length} and were truncated`);
+  if (trainTok.dropped) info(`${trainTok.dropped} training records had no tokens to train on and were dropped`);
+  const tokens = trainTok.examples.reduce((s, e) => s + e.inputIds.length, 0);
+  info(`training data: ${trainTok.examples.length.toLocaleString('en-US')} examples, ${tokens.toLocaleString('en-US')} tokens (${formatMB(tokens * 8)} MB in memory)`);
+  const loader = new BatchLoader(trainTok.examples, {
+    batchSize: c.per_device_train_batch_size,
+    maxLength: c.max_length,
+    packing: c.packing ?? false,
+    padId: tok.padId ?? tok.eosId ?? 0,
+    shuffle: c.seed,
+    dropLast: c.dataloader_drop_last ?? false,
+  });
+  const evalTok = evalRecords.length ? tokenizeDataset(evalRecords, tok, tokOpts).examples : [];
+  return { loader, evalTok, trainExamples: trainTok.examples.length, truncated: trainTok.truncated };
+}
+
 export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftResult> {
   const info = hooks.onInfo ?? (() => {});
   const method = c.method;
@@ -260,25 +288,8 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
   }
 
   // Data
-  const read = readRecords(c.dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field });
-  if (read.skipped) info(`skipped ${read.skipped} bad records in ${c.dataset_path}`);
-  let [trainRecords, evalRecords] = splitRecords(read.records, c.eval_split ?? 0, c.seed);
-  if (c.eval_dataset_path) evalRecords = readRecords(c.eval_dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field }).records;
-  if (c.max_train_samples) trainRecords = trainRecords.slice(0, c.max_train_samples);
-  const tokOpts = { maxLength: c.max_length, completionOnlyLoss: c.completion_only_loss ?? true, assistantOnlyLoss: c.assistant_only_loss ?? false };
-  const trainTok = tokenizeDataset(trainRecords, tok, tokOpts);
-  if (trainTok.truncated) info(`${trainTok.truncated} of ${trainRecords.length} training records were longer than max_length ${c.max_length} and were truncated`);
-  if (trainTok.dropped) info(`${trainTok.dropped} training records had no tokens to train on and were dropped`);
+  const { loader, evalTok, trainExamples, truncated } = loadData(c, tok, info);
   const padId = tok.padId ?? tok.eosId ?? 0;
-  const loader = new BatchLoader(trainTok.examples, {
-    batchSize: c.per_device_train_batch_size,
-    maxLength: c.max_length,
-    packing: c.packing ?? false,
-    padId,
-    shuffle: c.seed,
-    dropLast: c.dataloader_drop_last ?? false,
-  });
-  const evalTok = evalRecords.length ? tokenizeDataset(evalRecords, tok, tokOpts).examples : [];
   const evalBatches = evalTok.length
     ? () => new BatchLoader(evalTok, { batchSize: c.per_device_eval_batch_size ?? c.per_device_train_batch_size, maxLength: c.max_length, padId, shuffle: false })
     : undefined;
@@ -346,9 +357,9 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
     outputDir: c.output_dir,
     trainableParameters: trainableParams,
     totalParameters: totalParams,
-    trainExamples: trainTok.examples.length,
+    trainExamples,
     evalExamples: evalTok.length,
-    truncated: trainTok.truncated,
+    truncated,
   };
   const { history: _h, ...json } = summary;
   writeFileSync(join(c.output_dir, 'train_results.json'), JSON.stringify(json, null, 2) + '\n');
