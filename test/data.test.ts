@@ -51,6 +51,28 @@ describe('readers', () => {
     expect([pref.prompt, pref.chosen, pref.rejected, pref.conversational]).toEqual(['hi ', 'hello', 'go away', false]);
   });
 
+  it('reads JSONL in chunks: lines and UTF-8 characters split across reads, BOM, CRLF, no final newline', () => {
+    const dir = mkdtempSync(join(tmpdir(), 'ajuste-jsonl-'));
+    try {
+      const f = join(dir, 'd.jsonl');
+      const texts = ['héllo wörld', '日本語のテキスト', 'emoji 🙂🙃 end', 'x'.repeat(50), ''];
+      const body = texts.map((t, i) => JSON.stringify({ text: t, i }) + (i % 2 ? '\r\n' : '\n')).join('') + '{oops\n' + JSON.stringify({ text: 'last' });
+      writeFileSync(f, `\ufeff${body}`);
+      expect(() => readRecords(f)).toThrow(/d\.jsonl:6: bad JSON/);
+      const whole = readRecords(f, { skipBadRecords: true }).records;
+      expect(whole.map((r) => (r as Extract<DataRecord, { kind: 'text' }>).text)).toEqual([...texts, 'last']);
+      expect(whole.map((r) => r.source.line)).toEqual([1, 2, 3, 4, 5, 7]);
+      for (const chunkBytes of [1, 2, 3, 5, 7, 64]) {
+        const got = readRecords(f, { chunkBytes, skipBadRecords: true });
+        expect(got.records).toEqual(whole);
+        expect(got.skipped).toBe(1);
+      }
+      expect(() => readRecords(join(dir, 'missing.jsonl'))).toThrow(/cannot read data file .*missing\.jsonl/);
+    } finally {
+      rmSync(dir, { recursive: true, force: true });
+    }
+  });
+
   it('names file:line and the problem for malformed records', () => {
     const f = `${FX}/bad.jsonl`;
     expect(() => readRecords(f)).toThrow(new RegExp(`^${f}:2: bad JSON`));

@@ -12,7 +12,7 @@
  *   {prompt?, chosen, rejected}              preference pairs (standard or conversational; prompt may be implicit)
  * Optional columns kept: `tools` (list or JSON string) and `chat_template_kwargs` (object). Other keys are ignored.
  */
-import { readFileSync } from 'node:fs';
+import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
 import { extname } from 'node:path';
 import { UserError } from '../errors.js';
 import type { ChatMessage } from './tokenizer.js';
@@ -84,6 +84,8 @@ export interface ReadOptions {
   format?: 'jsonl' | 'json' | 'csv';
   /** The text column of language-modelling records (TRL dataset_text_field, default "text"). */
   textField?: string;
+  /** JSONL files are read this many bytes at a time (default 16 MiB; small values are for tests). */
+  chunkBytes?: number;
 }
 
 export interface ReadResult {
@@ -115,6 +117,7 @@ interface RawRecord {
 /** Reads a data file and parses every record into one of the shapes above. */
 export function readRecords(path: string, opts: ReadOptions = {}): ReadResult {
   const format = opts.format ?? formatOf(path);
+  if (format === 'jsonl') return readJsonl(path, opts);
   let text: string;
   try {
     text = readFileSync(path, 'utf8');
@@ -122,7 +125,7 @@ export function readRecords(path: string, opts: ReadOptions = {}): ReadResult {
     throw new UserError(`cannot read data file ${path}: ${(e as Error).message}`);
   }
   if (text.charCodeAt(0) === 0xfeff) text = text.slice(1);
-  const raws = format === 'jsonl' ? splitJsonl(text, path) : format === 'json' ? splitJson(text, path) : splitCsv(text, path);
+  const raws = format === 'json' ? splitJson(text, path) : splitCsv(text, path);
   return parseRawRecords(raws, opts);
 }
 
@@ -134,7 +137,7 @@ export function parseRecords(values: unknown[], file = '<memory>', opts: ReadOpt
   );
 }
 
-function parseRawRecords(raws: RawRecord[], opts: ReadOptions): ReadResult {
+function parseRawRecords(raws: Iterable<RawRecord>, opts: ReadOptions): ReadResult {
   const records: DataRecord[] = [];
   const problems: string[] = [];
   let skipped = 0;
@@ -151,6 +154,64 @@ function parseRawRecords(raws: RawRecord[], opts: ReadOptions): ReadResult {
   return { records, skipped, problems };
 }
 
+/**
+ * JSONL read in 16 MiB chunks, each line parsed as it is found: the file is never one string (V8's
+ * limit is 2^29 - 24 characters, about 512 MB) and only the parsed records stay in memory.
+ */
+function readJsonl(path: string, opts: ReadOptions): ReadResult {
+  let fd: number;
+  try {
+    fd = openSync(path, 'r');
+  } catch (e) {
+    throw new UserError(`cannot read data file ${path}: ${(e as Error).message}`);
+  }
+  try {
+    return parseRawRecords(jsonlRecords(fd, path, opts.chunkBytes), opts);
+  } finally {
+    closeSync(fd);
+  }
+}
+
+function* jsonlRecords(fd: number, file: string, chunkBytes = 16 << 20): Generator<RawRecord> {
+  const chunk = Buffer.allocUnsafe(chunkBytes);
+  let carry: Buffer = Buffer.alloc(0);
+  let lineNo = 0;
+  const parse = (bytes: Buffer): RawRecord | null => {
+    lineNo++;
+    let line = bytes.toString('utf8');
+    if (lineNo === 1 && line.charCodeAt(0) === 0xfeff) line = line.slice(1);
+    line = line.trim();
+    if (line === '') return null;
+    const source = { file, line: lineNo };
+    try {
+      return { value: JSON.parse(line), source };
+    } catch (e) {
+      return { value: null, source, error: `bad JSON: ${(e as Error).message}` };
+    }
+  };
+  for (;;) {
+    let n: number;
+    try {
+      n = readSync(fd, chunk, 0, chunkBytes, null);
+    } catch (e) {
+      throw new UserError(`cannot read data file ${file}: ${(e as Error).message}`);
+    }
+    if (n === 0) break;
+    const data = carry.length ? Buffer.concat([carry, chunk.subarray(0, n)]) : chunk.subarray(0, n);
+    let start = 0;
+    for (let nl = data.indexOf(10, start); nl >= 0; nl = data.indexOf(10, start)) {
+      const r = parse(data.subarray(start, nl));
+      if (r) yield r;
+      start = nl + 1;
+    }
+    carry = Buffer.from(data.subarray(start)); // a copy: `chunk` is overwritten by the next read
+  }
+  if (carry.length) {
+    const r = parse(carry);
+    if (r) yield r;
+  }
+}
+
 function formatOf(path: string): 'jsonl' | 'json' | 'csv' {
   const ext = extname(path).toLowerCase();
   if (ext === '.jsonl' || ext === '.ndjson') return 'jsonl';
@@ -161,22 +222,6 @@ function formatOf(path: string): 'jsonl' | 'json' | 'csv' {
 
 // ---------------------------------------------------------------------------------------------
 // File splitting
-
-function splitJsonl(text: string, file: string): RawRecord[] {
-  const out: RawRecord[] = [];
-  const lines = text.split('\n');
-  for (let i = 0; i < lines.length; i++) {
-    const line = lines[i]!.trim();
-    if (line === '') continue;
-    const source = { file, line: i + 1 };
-    try {
-      out.push({ value: JSON.parse(line), source });
-    } catch (e) {
-      out.push({ value: null, source, error: `bad JSON: ${(e as Error).message}` });
-    }
-  }
-  return out;
-}
 
 function lineAt(text: string, offset: number): number {
   let line = 1;
