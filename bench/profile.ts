@@ -8,10 +8,8 @@
 process.env.AJUSTE_PROFILE = '1';
 const { buildModel, randomWeights } = await import('../src/models/build.js');
 const { parseModelConfig } = await import('../src/models/config.js');
-const { AdamW } = await import('../src/optim/adamw.js');
-const { loraConfig } = await import('../src/peft/config.js');
-const { applyLora } = await import('../src/peft/lora.js');
-const { backward, noGrad, scope } = await import('../src/tensor/autograd.js');
+const { noGrad, scope } = await import('../src/tensor/autograd.js');
+const { benchBatch, loraTrainStep } = await import('./lora-step.js');
 const { Rng } = await import('../src/tensor/rng.js');
 const { printProfile, resetProfile } = await import('../src/kernels/profile.js');
 const { SHAPES } = await import('./shapes.js');
@@ -29,9 +27,8 @@ export default async function main(): Promise<void> {
   const config = parseModelConfig(SHAPES[shape]!);
   const model = buildModel(config, randomWeights(config, 0), { dtype: arg('dtype', 'f32') === 'bf16' ? 'bfloat16' : 'float32' });
   const rng = new Rng(0);
-  const [B, T] = [4, 256];
-  const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
-  const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
+  const { ids, batch } = benchBatch(config.vocabSize, rng);
+  const { B, T } = batch;
   let step: () => void;
   let tokens = B * T;
   if (mode === 'generate') {
@@ -41,17 +38,7 @@ export default async function main(): Promise<void> {
   } else if (mode === 'forward') {
     step = () => void noGrad(() => scope(() => model.loss(model.forwardHidden(batch), ids, batch).item()));
   } else {
-    const applied = applyLora(model, loraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' }), rng, rng);
-    const opt = new AdamW([{ params: applied.trainable.map(([, p]) => p), weightDecay: 0 }], { lr: 1e-4 });
-    model.train(true);
-    step = () => {
-      scope(() => {
-        backward(model.loss(model.forwardHidden(batch), ids, batch));
-        return null;
-      });
-      opt.step();
-      opt.zeroGrad();
-    };
+    step = loraTrainStep(model, config.vocabSize, rng).step;
   }
   step();
   resetProfile();

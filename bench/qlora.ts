@@ -7,7 +7,7 @@
  * Also prints the measured bytes per parameter of the linear-layer base weights.
  */
 import { spawnSync } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { f32ToBf16 } from '../src/io/dtypes.js';
@@ -17,24 +17,17 @@ import { Linear } from '../src/nn/layers.js';
 import { loadModelFolder } from '../src/models/load.js';
 import { parseModelConfig } from '../src/models/config.js';
 import { randomWeights } from '../src/models/build.js';
-import { AdamW } from '../src/optim/adamw.js';
-import { loraConfig } from '../src/peft/config.js';
-import { applyLora, LoraLinear } from '../src/peft/lora.js';
+import { LoraLinear } from '../src/peft/lora.js';
 import { Linear4bit } from '../src/quant/linear4bit.js';
 import { quantizeModelFolder } from '../src/quant/quantize-model.js';
-import { backward, scope } from '../src/tensor/autograd.js';
 import { Rng } from '../src/tensor/rng.js';
+import { BENCH_B, BENCH_T, loraTrainStep, medianStepSeconds, peakRssMb } from './lora-step.js';
 import { SHAPES } from './shapes.js';
 import { runTorch } from './torch.js';
 
 function arg(args: string[], name: string, dflt: string): string {
   const i = args.indexOf(`--${name}`);
   return i >= 0 ? args[i + 1]! : dflt;
-}
-
-function peakRssMb(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? Number(m[1]) / 1024 : 0;
 }
 
 /** Child: loads the folder, applies LoRA, trains `steps` timed steps (after one warm-up), prints one JSON line. */
@@ -53,34 +46,12 @@ function child(dir: string, steps: number): void {
       linBytes += m.weight.data.byteLength;
     }
   }
-  const rng = new Rng(0);
-  const applied = applyLora(model, loraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' }), rng, rng);
-  const params = applied.trainable.map(([, p]) => p);
-  const opt = new AdamW([{ params, weightDecay: 0 }], { lr: 1e-4 });
-  const [B, T] = [4, 256];
-  const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
-  const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
-  model.train(true);
-  const step = () => {
-    scope(() => {
-      backward(model.loss(model.forwardHidden(batch), ids, batch));
-      return null;
-    });
-    opt.step();
-    opt.zeroGrad();
-  };
-  step();
-  const times: number[] = [];
-  for (let i = 0; i < steps; i++) {
-    const t = performance.now();
-    step();
-    times.push((performance.now() - t) / 1000);
-  }
-  times.sort((a, b) => a - b);
+  const { step } = loraTrainStep(model, config.vocabSize, new Rng(0));
+  const median = medianStepSeconds(step, steps);
   const wrapped = model.namedModules().filter(([, m]) => m instanceof LoraLinear).length;
   console.log(
     JSON.stringify({
-      tokens_per_second: (B * T) / times[Math.floor(times.length / 2)]!,
+      tokens_per_second: (BENCH_B * BENCH_T) / median,
       peak_rss_mb: peakRssMb(),
       linear_base_params: linNumel,
       linear_base_bytes_per_param: linBytes / linNumel,

@@ -5,15 +5,11 @@
  * Also prints the model FLOP utilisation against the FMA peak measured by the addon, when it can.
  */
 import { spawnSync } from 'node:child_process';
-import { readFileSync } from 'node:fs';
 import { loadAddon } from '../src/kernels/native/index.js';
 import { buildModel, randomWeights } from '../src/models/build.js';
 import { parseModelConfig } from '../src/models/config.js';
-import { AdamW } from '../src/optim/adamw.js';
-import { loraConfig } from '../src/peft/config.js';
-import { applyLora } from '../src/peft/lora.js';
-import { backward, scope } from '../src/tensor/autograd.js';
 import { Rng } from '../src/tensor/rng.js';
+import { BENCH_B, BENCH_T, loraTrainStep, medianStepSeconds, peakRssMb } from './lora-step.js';
 import { SHAPES } from './shapes.js';
 import { runTorch } from './torch.js';
 
@@ -22,42 +18,14 @@ function arg(name: string, dflt: string): string {
   return i >= 0 ? process.argv[i + 1]! : dflt;
 }
 
-function peakRssMb(): number {
-  const m = /VmHWM:\s+(\d+) kB/.exec(readFileSync('/proc/self/status', 'utf8'));
-  return m ? Number(m[1]) / 1024 : 0;
-}
-
 /** Runs in the child: trains `steps` steps and prints one JSON line. */
 function child(shape: string, steps: number, dtype: string): void {
   const config = parseModelConfig(SHAPES[shape]!);
   const model = buildModel(config, randomWeights(config, 0), { dtype: dtype === 'bf16' ? 'bfloat16' : 'float32' });
-  const rng = new Rng(0);
-  const applied = applyLora(model, loraConfig({ r: 8, lora_alpha: 16, target_modules: 'all-linear' }), rng, rng);
-  const params = applied.trainable.map(([, p]) => p);
-  const opt = new AdamW([{ params, weightDecay: 0 }], { lr: 1e-4 });
-  const [B, T] = [4, 256];
-  const ids = Int32Array.from({ length: B * T }, () => rng.int(config.vocabSize));
-  const batch = { inputIds: ids, positionIds: Int32Array.from({ length: B * T }, (_, i) => i % T), segIds: null, B, T };
-  model.train(true);
-  const step = () => {
-    scope(() => {
-      const loss = model.loss(model.forwardHidden(batch), ids, batch);
-      backward(loss);
-      return null;
-    });
-    opt.step();
-    opt.zeroGrad();
-  };
-  step();
-  const times: number[] = [];
-  for (let i = 0; i < steps; i++) {
-    const t = performance.now();
-    step();
-    times.push((performance.now() - t) / 1000);
-  }
-  times.sort((a, b) => a - b);
+  const { step, params } = loraTrainStep(model, config.vocabSize, new Rng(0));
+  const median = medianStepSeconds(step, steps);
   const total = model.parameters().reduce((s, p) => s + p.size, 0);
-  console.log(JSON.stringify({ shape, dtype, tokens_per_second: (B * T) / times[Math.floor(times.length / 2)]!, peak_rss_mb: peakRssMb(), params_total: total, params_trainable: params.reduce((s, p) => s + p.size, 0) }));
+  console.log(JSON.stringify({ shape, dtype, tokens_per_second: (BENCH_B * BENCH_T) / median, peak_rss_mb: peakRssMb(), params_total: total, params_trainable: params.reduce((s, p) => s + p.size, 0) }));
 }
 
 export default async function main(): Promise<void> {
