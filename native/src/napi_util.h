@@ -1,4 +1,5 @@
-// Shared by the addon's smaller kernels (gemv.cc, skinny.cc, decode_attention.cc): argument checks for
+// Shared by the addon's kernels (gemv.cc, skinny.cc, decode_attention.cc; the AVX2 check also by nf4.cc and
+// pointwise.cc): argument checks for
 // N-API entry points (a bad argument becomes a TypeError naming the function and the argument) and the
 // run-time AVX2+FMA check.
 #pragma once

@@ -31,6 +31,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_util.h"
 #include "threads.h"
 
 namespace {
@@ -235,12 +236,7 @@ std::atomic<bool> g_force_scalar{false};  // set by gemmNf4ForceScalar (tests, b
 
 bool CpuHasAvx2Fma() {
   if (g_force_scalar.load(std::memory_order_relaxed)) return false;
-  static const bool has = [] {
-    if (const char* s = std::getenv("AJUSTE_NO_AVX2")) if (s[0] && s[0] != '0') return false;
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
-  }();
-  return has;
+  return ajuste::cpu_avx2_fma();  // AJUSTE_ISA=scalar says no, as for every kernel
 }
 
 // Few rows (token-by-token generation): no panels; each W row is decoded once, in KC-long segments, and

@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "napi_util.h"
 #include "threads.h"
 
 #if defined(__GNUC__) && !defined(__clang__)
@@ -494,9 +495,7 @@ const Ops& best_ops() {
   static const Ops o = [] {
     Ops r = SCALAR;
 #ifdef AJ_PW_X86
-    const char* force = std::getenv("AJUSTE_ISA");
-    const bool scalar = force && std::string(force) == "scalar";
-    if (!scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
+    if (ajuste::cpu_avx2_fma())
       r = {ce_row_avx2, swiglu_fwd_avx2, swiglu_bwd_avx2, silu_fwd_avx2, silu_bwd_avx2, gelu_fwd_avx2,
            gelu_bwd_avx2, rms_fwd_avx2, rms_bwd_avx2, rope_head_avx2, adamw_avx2, exp_avx2, "avx2"};
 #endif
