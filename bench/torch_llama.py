@@ -391,6 +391,7 @@ def mode_forward(c, args):
     med = statistics.median(times)
     return dict(
         tokens_per_second=B * T / med, seconds=sum(times), iterations=len(times), median_step_s=med,
+        best_tokens_per_second=B * T / min(times),
         params_total=count_params(model), params_trainable=0,
         model_flops_per_token=2 * matmul_params(c) + attn_flops_fwd(c, T),
         flops_per_token_2n=2 * count_params(model),
@@ -478,6 +479,7 @@ def mode_train(c, args):
              + 3 * attn_flops_fwd(c, T))    # attention forward + backward (2x)
     res = dict(
         tokens_per_second=B * T / med, seconds=sum(times), iterations=len(times), median_step_s=med,
+        best_tokens_per_second=B * T / min(times),
         params_total=total, params_trainable=sum(p.numel() for p in trainable),
         model_flops_per_token=flops, flops_per_token_6n=6 * total, flops_per_token_4n=4 * total,
         batch=[B, T], dtype=args.dtype, lora=dict(r=r, alpha=alpha, targets=list(LORA_TARGETS), dropout=0.0),
