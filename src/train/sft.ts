@@ -217,11 +217,14 @@ function loadData(c: SftConfig, tok: Tokenizer, info: (m: string) => void): { lo
   if (c.eval_dataset_path) evalRecords = readRecords(c.eval_dataset_path, { skipBadRecords: c.skip_bad_records ?? false, textField: c.dataset_text_field }).records;
   if (c.max_train_samples) trainRecords = trainRecords.slice(0, c.max_train_samples);
   const tokOpts = { maxLength: c.max_length, completionOnlyLoss: c.completion_only_loss ?? true, assistantOnlyLoss: c.assistant_only_loss ?? false };
+  const t0 = performance.now();
+  if (trainRecords.length >= 10_000) info(`tokenizing ${trainRecords.length.toLocaleString('en-US')} training records ...`);
   const trainTok = tokenizeDataset(trainRecords, tok, tokOpts);
+  const tokenizeSeconds = (performance.now() - t0) / 1000;
   if (trainTok.truncated) info(`${trainTok.truncated} of ${trainRecords.length} training records were longer than max_length ${c.max_length} and were truncated`);
   if (trainTok.dropped) info(`${trainTok.dropped} training records had no tokens to train on and were dropped`);
   const tokens = trainTok.examples.reduce((s, e) => s + e.inputIds.length, 0);
-  info(`training data: ${trainTok.examples.length.toLocaleString('en-US')} examples, ${tokens.toLocaleString('en-US')} tokens (${formatMB(tokens * 8)} MB in memory)`);
+  info(`training data: ${trainTok.examples.length.toLocaleString('en-US')} examples, ${tokens.toLocaleString('en-US')} tokens (${formatMB(tokens * 8)} MB in memory), tokenized in ${tokenizeSeconds.toFixed(1)} s`);
   const loader = new BatchLoader(trainTok.examples, {
     batchSize: c.per_device_train_batch_size,
     maxLength: c.max_length,
