@@ -30,6 +30,24 @@
 #define AJ_SK_X86 1
 #endif
 
+namespace ajuste_sk {
+// A growable 32-byte aligned scratch of floats, one per thread (the accumulators of at_b_avx2).
+struct AccBuf {
+  float* p = nullptr;
+  size_t n = 0;
+  float* get(size_t need) {
+    if (need > n) {
+      std::free(p);
+      p = static_cast<float*>(std::aligned_alloc(32, ((need * sizeof(float) + 31) / 32) * 32));
+      n = p ? need : 0;
+      if (!p) throw std::bad_alloc();
+    }
+    return p;
+  }
+  ~AccBuf() { std::free(p); }
+};
+}  // namespace ajuste_sk
+
 namespace {
 using ajuste::ArgError;
 using ajuste::int_arg;
@@ -155,13 +173,17 @@ void at_b(int M, int N, int K, float alpha, const float* A, long lda, const floa
 #ifdef AJ_SK_X86
   if (use_avx2() && !force_scalar) {
     const int Mp = (M + MQ - 1) / MQ * MQ;
-    std::vector<float> Ap((size_t)K * Mp, 0.f);  // A with M padded to Mp columns
-    for (int k = 0; k < K; k++) std::memcpy(Ap.data() + (size_t)k * Mp, A + (long)k * lda, sizeof(float) * M);
+    std::vector<float> pad;  // A with M padded to Mp columns, unless it already is (LoRA: M = lda = r = 8)
+    const float* Ap = A;
+    if (M != Mp || lda != Mp) {
+      pad.assign((size_t)K * Mp, 0.f);
+      for (int k = 0; k < K; k++) std::memcpy(pad.data() + (size_t)k * Mp, A + (long)k * lda, sizeof(float) * M);
+      Ap = pad.data();
+    }
     auto range = [&](long b, long e, int) {
-      float* acc = static_cast<float*>(std::aligned_alloc(32, sizeof(float) * (size_t)(e - b) * Mp * NB));
-      if (!acc) throw std::bad_alloc();
-      at_b_avx2(M, Mp, K, alpha, Ap.data(), B, ldb, beta, C, ldc, (int)(b * NB), (int)std::min<long>(N, e * NB), acc);
-      std::free(acc);
+      static thread_local ajuste_sk::AccBuf buf;
+      float* acc = buf.get((size_t)(e - b) * Mp * NB);
+      at_b_avx2(M, Mp, K, alpha, Ap, B, ldb, beta, C, ldc, (int)(b * NB), (int)std::min<long>(N, e * NB), acc);
     };
     if (par) pool.parallel_for(nb, range);
     else range(0, nb, 0);
