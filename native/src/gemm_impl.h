@@ -248,17 +248,22 @@ AJ_TARGET void ukr_s(int kc, const float* __restrict a, const float* __restrict 
 constexpr int KD_DIRECT = 256;  // k per block of packed op(B)^T (balanced: ceil(K / 256) blocks of equal size)
 constexpr int RT_DIRECT = 12;   // rows swept together per k block (their accumulators live in a scratch)
 
-// acc0[q], acc1[q], acc2[q] (q < 4) += rows x0, x1, x2 (kl floats) . rows bq + q * ld of the packed
-// block: 12 accumulators (12 independent FMA chains), 3 + 4 loads per 12 FMAs. The last kl % 8 of x take
-// masked loads (the block is zero-padded to a multiple of 8). With pf0 set, prefetches the next run of
-// each row (pf0..pf2, kl floats) into L1 while reading this one.
+// acc0[q], acc1[q], acc2[q] (q < 4) = (first ? 0 : themselves) + rows x0, x1, x2 (kl floats) . rows
+// bq + q * ld of the packed block: 12 accumulators (12 independent FMA chains), 3 + 4 loads per 12 FMAs.
+// The last kl % 8 of x take masked loads (the block is zero-padded to a multiple of 8). With pf0 set,
+// prefetches the next run of each row (pf0..pf2, kl floats) into L1 while reading this one.
 AJ_TARGET inline void dot3x4(const float* x0, const float* x1, const float* x2, const float* __restrict bq, int ld,
                              int kl, float* __restrict acc0, float* __restrict acc1, float* __restrict acc2,
-                             const float* pf0, const float* pf1, const float* pf2) {
-  __m256 s00 = _mm256_load_ps(acc0), s01 = _mm256_load_ps(acc0 + 8), s02 = _mm256_load_ps(acc0 + 16);
-  __m256 s03 = _mm256_load_ps(acc0 + 24), s10 = _mm256_load_ps(acc1), s11 = _mm256_load_ps(acc1 + 8);
-  __m256 s12 = _mm256_load_ps(acc1 + 16), s13 = _mm256_load_ps(acc1 + 24), s20 = _mm256_load_ps(acc2);
-  __m256 s21 = _mm256_load_ps(acc2 + 8), s22 = _mm256_load_ps(acc2 + 16), s23 = _mm256_load_ps(acc2 + 24);
+                             const float* pf0, const float* pf1, const float* pf2, bool first) {
+  __m256 s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23;
+  if (first) {  // the first block starts the sums (no scratch to clear)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = _mm256_setzero_ps();
+  } else {
+    s00 = _mm256_load_ps(acc0), s01 = _mm256_load_ps(acc0 + 8), s02 = _mm256_load_ps(acc0 + 16);
+    s03 = _mm256_load_ps(acc0 + 24), s10 = _mm256_load_ps(acc1), s11 = _mm256_load_ps(acc1 + 8);
+    s12 = _mm256_load_ps(acc1 + 16), s13 = _mm256_load_ps(acc1 + 24), s20 = _mm256_load_ps(acc2);
+    s21 = _mm256_load_ps(acc2 + 8), s22 = _mm256_load_ps(acc2 + 16), s23 = _mm256_load_ps(acc2 + 24);
+  }
   const float *b0 = bq, *b1 = bq + ld, *b2 = bq + 2 * ld, *b3 = bq + 3 * ld;
 #define AJ_DOT_STEP(X0, X1, X2, K)                                                                   \
   {                                                                                                  \
@@ -483,7 +488,6 @@ AJ_TARGET void run_direct_range(int K, float alpha, const Mat<float>& A, const f
   const int kd = round_up(ceil_div(K, ceil_div(K, KD_DIRECT)), 8);  // balanced blocks, a function of K only
   for (int i0 = m0; i0 < m1; i0 += RT_DIRECT) {
     const int rt = std::min(RT_DIRECT, m1 - i0);
-    std::memset(acc, 0, sizeof acc);
     for (int k0 = 0; k0 < K; k0 += kd) {
       const int kl = std::min(kd, K - k0), ld = round_up(kl, 8);
       const float* blk = Bt + (long)k0 * NR_S;
@@ -495,8 +499,8 @@ AJ_TARGET void run_direct_range(int K, float alpha, const Mat<float>& A, const f
         const float* x2 = r + 2 < rt ? x0 + 2 * lda : x0;
         float* a1 = r + 1 < rt ? acc[r + 1] : acc[RT_DIRECT];
         float* a2 = r + 2 < rt ? acc[r + 2] : acc[RT_DIRECT + 1];
-        dot3x4(x0, x1, x2, blk, ld, kl, acc[r], a1, a2, x0 + next, x1 + next, x2 + next);
-        dot3x4(x0, x1, x2, blk + 4 * ld, ld, kl, acc[r] + 32, a1 + 32, a2 + 32, nullptr, nullptr, nullptr);
+        dot3x4(x0, x1, x2, blk, ld, kl, acc[r], a1, a2, x0 + next, x1 + next, x2 + next, k0 == 0);
+        dot3x4(x0, x1, x2, blk + 4 * ld, ld, kl, acc[r] + 32, a1 + 32, a2 + 32, nullptr, nullptr, nullptr, k0 == 0);
       }
     }
     for (int r = 0; r < rt; r++) {
