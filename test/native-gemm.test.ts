@@ -171,6 +171,20 @@ describe('native gemm vs js', () => {
     check({ M: T, N: r, K: d, tA: false, tB: true, bf16: true }, 206, k);
   });
 
+  it('N <= 8 with rows of op(A) contiguous (dot-product path): row tails, K tails and blocks, N < 8, beta', () => {
+    const k = native();
+    // M: 1, 2 (a triple short of two rows), 13 (one group of 12 + 1), 25, 40; K: under / at / over one
+    // vector and one block (256), several balanced blocks (520, 777); N = 1..8; op(B) both layouts.
+    let seed = 300;
+    for (const [M, N, K] of [[1, 8, 1], [2, 3, 7], [13, 8, 8], [25, 5, 9], [40, 8, 255], [13, 1, 256], [25, 7, 257],
+      [40, 8, 520], [37, 6, 777], [12, 8, 33]] as [number, number, number][])
+      for (const tB of [false, true])
+        for (const [alpha, beta] of [[1, 0], [1, 1], [0.5, 2]] as [number, number][]) {
+          check({ M, N, K, tA: false, tB, alpha, beta, padA: M % 3, padB: 1, padC: N % 2, offset: 1 }, seed++, k);
+          if (beta === 0) check({ M, N, K, tA: false, tB, bf16: true }, seed++, k);
+        }
+  });
+
   it('degenerate: K = 0 and alpha = 0 give beta * C; beta = 0 overwrites NaN; M or N = 0 is a no-op', () => {
     const { gemm } = addon();
     const C = new Float32Array([1, 2, Number.NaN, 4]);
@@ -268,7 +282,7 @@ const a = require(process.argv[1]);
 let s = 12345;
 const rnd = (n) => { const x = new Float32Array(n); for (let i = 0; i < n; i++) { s = (s * 1103515245 + 12345) >>> 0; x[i] = s / 2 ** 32 - 0.5; } return x; };
 const h = crypto.createHash('sha256');
-for (const [tA, tB, M, N, K] of [[false, false, 300, 301, 299], [false, true, 37, 900, 260], [true, false, 1000, 40, 300], [false, true, 700, 8, 520], [true, false, 700, 8, 520], [true, false, 8, 600, 700], [false, true, 8, 600, 700], [false, false, 500, 500, 8]]) {
+for (const [tA, tB, M, N, K] of [[false, false, 300, 301, 299], [false, true, 37, 900, 260], [true, false, 1000, 40, 300], [false, true, 700, 8, 520], [false, false, 1001, 5, 777], [true, false, 700, 8, 520], [true, false, 8, 600, 700], [false, true, 8, 600, 700], [false, false, 500, 500, 8]]) {
   const A = rnd(M * K), B = rnd(K * N), C = rnd(M * N);
   a.gemm(tA, tB, M, N, K, 0.75, A, tA ? M : K, B, tB ? K : N, 0.5, C, N);
   h.update(Buffer.from(C.buffer));

@@ -239,28 +239,75 @@ AJ_TARGET void ukr_s(int kc, const float* __restrict a, const float* __restrict 
   store_s(acc, c, rsc, csc, m, n, alpha, beta);
 }
 
-// The N <= 8 kernel reading op(A) straight from its rows (A.cs == 1, no packing: with N <= 8 each
-// element of A is used once, so a copy would only add traffic). Row r of the tile is a + r * lda;
-// rows past m repeat row m-1 (read, never stored). Prefetches each row 1 KiB ahead.
-AJ_TARGET void ukr_direct(int kc, const float* a, long lda, const float* __restrict b, float* c, long rsc, long csc,
-                          int m, int n, float alpha, float beta) {
-  const float* ar[MR_S];
-  for (int r = 0; r < MR_S; r++) ar[r] = a + (r < m ? r : m - 1) * lda;
-  __m256 c0 = _mm256_setzero_ps(), c1 = c0, c2 = c0, c3 = c0, c4 = c0, c5 = c0;
-  __m256 c6 = c0, c7 = c0, c8 = c0, c9 = c0, c10 = c0, c11 = c0;
-#define AJ_FMAD(r) c##r = _mm256_fmadd_ps(_mm256_broadcast_ss(ar[r] + k), b0, c##r);
-  for (int k0 = 0; k0 < kc; k0 += 16) {
-    for (int r = 0; r < MR_S; r++) _mm_prefetch((const char*)(ar[r] + k0 + 256), _MM_HINT_T0);
-    const int k1 = std::min(kc, k0 + 16);
-    for (int k = k0; k < k1; k++) {
-      const __m256 b0 = _mm256_load_ps(b + (long)k * NR_S);
-      AJ_FMAD(0) AJ_FMAD(1) AJ_FMAD(2) AJ_FMAD(3) AJ_FMAD(4) AJ_FMAD(5)
-      AJ_FMAD(6) AJ_FMAD(7) AJ_FMAD(8) AJ_FMAD(9) AJ_FMAD(10) AJ_FMAD(11)
+// The N <= 8 path reads op(A) straight from its rows (A.cs == 1, no packing: with N <= 8 each element of
+// A is used once, so a copy would only add traffic) as dot products: row i of C is the 8 dot products of
+// row i of op(A) with the 8 rows of op(B)^T. op(B)^T is packed in blocks of KD_DIRECT k (8 rows x KD floats,
+// 8 KiB, stays in L1), so op(A) is read as contiguous 1 KiB runs of each row, one row after the other.
+// Each lane of acc[q] sums the k = lane (mod 8) terms in k order, over all blocks; the 8 lanes are added by
+// a fixed hadd tree at the end (dot_reduce8): the order depends on K only, never on the row split.
+constexpr int KD_DIRECT = 256;  // k per block of packed op(B)^T (balanced: ceil(K / 256) blocks of equal size)
+constexpr int RT_DIRECT = 12;   // rows swept together per k block (their accumulators live in a scratch)
+
+// acc0[q], acc1[q], acc2[q] (q < 4) = (first ? 0 : themselves) + rows x0, x1, x2 (kl floats) . rows
+// bq + q * ld of the packed block: 12 accumulators (12 independent FMA chains), 3 + 4 loads per 12 FMAs.
+// The last kl % 8 of x take masked loads (the block is zero-padded to a multiple of 8). With pf0 set,
+// prefetches the next run of each row (pf0..pf2, kl floats) into L1 while reading this one.
+AJ_TARGET inline void dot3x4(const float* x0, const float* x1, const float* x2, const float* __restrict bq, int ld,
+                             int kl, float* __restrict acc0, float* __restrict acc1, float* __restrict acc2,
+                             const float* pf0, const float* pf1, const float* pf2, bool first) {
+  __m256 s00, s01, s02, s03, s10, s11, s12, s13, s20, s21, s22, s23;
+  if (first) {  // the first block starts the sums (no scratch to clear)
+    s00 = s01 = s02 = s03 = s10 = s11 = s12 = s13 = s20 = s21 = s22 = s23 = _mm256_setzero_ps();
+  } else {
+    s00 = _mm256_load_ps(acc0), s01 = _mm256_load_ps(acc0 + 8), s02 = _mm256_load_ps(acc0 + 16);
+    s03 = _mm256_load_ps(acc0 + 24), s10 = _mm256_load_ps(acc1), s11 = _mm256_load_ps(acc1 + 8);
+    s12 = _mm256_load_ps(acc1 + 16), s13 = _mm256_load_ps(acc1 + 24), s20 = _mm256_load_ps(acc2);
+    s21 = _mm256_load_ps(acc2 + 8), s22 = _mm256_load_ps(acc2 + 16), s23 = _mm256_load_ps(acc2 + 24);
+  }
+  const float *b0 = bq, *b1 = bq + ld, *b2 = bq + 2 * ld, *b3 = bq + 3 * ld;
+#define AJ_DOT_STEP(X0, X1, X2, K)                                                                   \
+  {                                                                                                  \
+    const __m256 u0 = X0, u1 = X1, u2 = X2;                                                          \
+    __m256 w = _mm256_load_ps(b0 + (K));                                                             \
+    s00 = _mm256_fmadd_ps(u0, w, s00); s10 = _mm256_fmadd_ps(u1, w, s10); s20 = _mm256_fmadd_ps(u2, w, s20); \
+    w = _mm256_load_ps(b1 + (K));                                                                    \
+    s01 = _mm256_fmadd_ps(u0, w, s01); s11 = _mm256_fmadd_ps(u1, w, s11); s21 = _mm256_fmadd_ps(u2, w, s21); \
+    w = _mm256_load_ps(b2 + (K));                                                                    \
+    s02 = _mm256_fmadd_ps(u0, w, s02); s12 = _mm256_fmadd_ps(u1, w, s12); s22 = _mm256_fmadd_ps(u2, w, s22); \
+    w = _mm256_load_ps(b3 + (K));                                                                    \
+    s03 = _mm256_fmadd_ps(u0, w, s03); s13 = _mm256_fmadd_ps(u1, w, s13); s23 = _mm256_fmadd_ps(u2, w, s23); \
+  }
+#define AJ_DOT_LD(K) AJ_DOT_STEP(_mm256_loadu_ps(x0 + (K)), _mm256_loadu_ps(x1 + (K)), _mm256_loadu_ps(x2 + (K)), (K))
+  int k = 0;
+  if (pf0) {
+    for (; k + 8 <= kl; k += 8) {
+      _mm_prefetch((const char*)(pf0 + k), _MM_HINT_T0);
+      _mm_prefetch((const char*)(pf1 + k), _MM_HINT_T0);
+      _mm_prefetch((const char*)(pf2 + k), _MM_HINT_T0);
+      AJ_DOT_LD(k)
     }
   }
-#undef AJ_FMAD
-  const __m256 acc[MR_S] = {c0, c1, c2, c3, c4, c5, c6, c7, c8, c9, c10, c11};
-  store_s(acc, c, rsc, csc, m, n, alpha, beta);
+  for (; k + 8 <= kl; k += 8) AJ_DOT_LD(k)
+#undef AJ_DOT_LD
+  if (k < kl) {
+    const __m256i mk = _mm256_cmpgt_epi32(_mm256_set1_epi32(kl - k), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    AJ_DOT_STEP(_mm256_maskload_ps(x0 + k, mk), _mm256_maskload_ps(x1 + k, mk), _mm256_maskload_ps(x2 + k, mk), k)
+  }
+#undef AJ_DOT_STEP
+  _mm256_store_ps(acc0, s00); _mm256_store_ps(acc0 + 8, s01); _mm256_store_ps(acc0 + 16, s02);
+  _mm256_store_ps(acc0 + 24, s03); _mm256_store_ps(acc1, s10); _mm256_store_ps(acc1 + 8, s11);
+  _mm256_store_ps(acc1 + 16, s12); _mm256_store_ps(acc1 + 24, s13); _mm256_store_ps(acc2, s20);
+  _mm256_store_ps(acc2 + 8, s21); _mm256_store_ps(acc2 + 16, s22); _mm256_store_ps(acc2 + 24, s23);
+}
+
+// The 8 sums of the 8 lanes of acc[q] (8 vectors of 8), in a fixed order.
+AJ_TARGET inline __m256 dot_reduce8(const float* acc) {
+  const __m256 h01 = _mm256_hadd_ps(_mm256_load_ps(acc), _mm256_load_ps(acc + 8));
+  const __m256 h23 = _mm256_hadd_ps(_mm256_load_ps(acc + 16), _mm256_load_ps(acc + 24));
+  const __m256 h45 = _mm256_hadd_ps(_mm256_load_ps(acc + 32), _mm256_load_ps(acc + 40));
+  const __m256 h67 = _mm256_hadd_ps(_mm256_load_ps(acc + 48), _mm256_load_ps(acc + 56));
+  const __m256 lo = _mm256_hadd_ps(h01, h23), hi = _mm256_hadd_ps(h45, h67);  // [q0..3 | q0..3], [q4..7 | q4..7]
+  return _mm256_add_ps(_mm256_permute2f128_ps(lo, hi, 0x20), _mm256_permute2f128_ps(lo, hi, 0x31));
 }
 #undef AJ_FMA1
 
@@ -431,18 +478,67 @@ void run_threads(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<T
 }
 
 #if AJ_GEMM_AVX2
-// N <= 8 with op(A) rows contiguous: only B is packed (kc x 8, kc up to 4096: it stays in L2), A is
-// streamed once, row by row, by ukr_direct. Threads split M.
-constexpr int KC_DIRECT = 4096;
+// N <= 8 with op(A) rows contiguous: op(B)^T is packed (8 x K, zero-padded, in KD_DIRECT blocks), op(A)
+// is streamed once. Rows [m0, m1) of C: RT_DIRECT rows at a time, block by block, three rows and four
+// columns of C per pass (two passes per triple of rows, the second reading the rows from L1).
+AJ_TARGET void run_direct_range(int K, float alpha, const Mat<float>& A, const float* Bt, float beta, float* C, long rsc,
+                      long csc, int N, int m0, int m1) {
+  alignas(32) float acc[RT_DIRECT + 2][64];  // [row][q * 8 + lane]; the last two take missing rows of a triple
+  const long lda = A.rs;
+  const int kd = round_up(ceil_div(K, ceil_div(K, KD_DIRECT)), 8);  // balanced blocks, a function of K only
+  for (int i0 = m0; i0 < m1; i0 += RT_DIRECT) {
+    const int rt = std::min(RT_DIRECT, m1 - i0);
+    for (int k0 = 0; k0 < K; k0 += kd) {
+      const int kl = std::min(kd, K - k0), ld = round_up(kl, 8);
+      const float* blk = Bt + (long)k0 * NR_S;
+      // Where the next run of each row slot starts: the same row's next block, or the next group's row.
+      const long next = k0 + kd < K ? kd : (long)RT_DIRECT * lda - k0;
+      for (int r = 0; r < rt; r += 3) {
+        const float* x0 = A.p + (long)(i0 + r) * lda + k0;
+        const float* x1 = r + 1 < rt ? x0 + lda : x0;
+        const float* x2 = r + 2 < rt ? x0 + 2 * lda : x0;
+        float* a1 = r + 1 < rt ? acc[r + 1] : acc[RT_DIRECT];
+        float* a2 = r + 2 < rt ? acc[r + 2] : acc[RT_DIRECT + 1];
+        dot3x4(x0, x1, x2, blk, ld, kl, acc[r], a1, a2, x0 + next, x1 + next, x2 + next, k0 == 0);
+        dot3x4(x0, x1, x2, blk + 4 * ld, ld, kl, acc[r] + 32, a1 + 32, a2 + 32, nullptr, nullptr, nullptr, k0 == 0);
+      }
+    }
+    for (int r = 0; r < rt; r++) {
+      float* c = C + (long)(i0 + r) * rsc;
+      const __m256 s = _mm256_mul_ps(_mm256_set1_ps(alpha), dot_reduce8(acc[r]));
+      if (N == NR_S && csc == 1) {
+        if (beta == 0.f) _mm256_storeu_ps(c, s);
+        else _mm256_storeu_ps(c, _mm256_fmadd_ps(_mm256_set1_ps(beta), _mm256_loadu_ps(c), s));
+      } else {
+        alignas(32) float t[NR_S];
+        _mm256_store_ps(t, s);
+        for (int j = 0; j < N; j++) c[j * csc] = beta == 0.f ? t[j] : t[j] + beta * c[j * csc];
+      }
+    }
+  }
+}
 
-void run_direct_range(int K, float alpha, const Mat<float>& A, const float* Bp, int kc_step, float beta, float* C,
-                      long rsc, long csc, int N, int m0, int m1) {
-  for (int pc = 0; pc < K; pc += kc_step) {
-    const int kc = std::min(kc_step, K - pc);
-    const float be = pc == 0 ? beta : 1.f;
-    const float* bp = Bp + (long)pc * NR_S;
-    for (int i = m0; i < m1; i += MR_S)
-      ukr_direct(kc, A.p + i * A.rs + pc, A.rs, bp, C + i * rsc, rsc, csc, std::min(MR_S, m1 - i), N, alpha, be);
+// Packs op(B)^T (N <= 8 rows of K) as consecutive blocks of KD_DIRECT k: the block at k0 (kl long, padded
+// to ld = round_up(kl, 8)) starts at k0 * 8 and holds row q at q * ld; rows past N and k past kl are zero.
+template <typename TB>
+void pack_bt_direct(int N, int K, const Mat<TB>& B, float* __restrict out) {
+  const int kd = round_up(ceil_div(K, ceil_div(K, KD_DIRECT)), 8);
+  for (int k0 = 0; k0 < K; k0 += kd) {
+    const int kl = std::min(kd, K - k0), ld = round_up(kl, 8);
+    float* blk = out + (long)k0 * NR_S;
+    for (int q = 0; q < NR_S; q++) {
+      float* o = blk + (long)q * ld;
+      if (q < N) {
+        const TB* src = B.p + (long)k0 * B.rs + (long)q * B.cs;
+        if (B.rs == 1)
+          for (int k = 0; k < kl; k++) o[k] = widen(src[k]);
+        else
+          for (int k = 0; k < kl; k++) o[k] = widen(src[(long)k * B.rs]);
+        for (int k = kl; k < ld; k++) o[k] = 0.f;
+      } else {
+        for (int k = 0; k < ld; k++) o[k] = 0.f;
+      }
+    }
   }
 }
 
@@ -450,18 +546,17 @@ template <typename TB>
 void run_direct(int M, int N, int K, float alpha, const Mat<float>& A, const Mat<TB>& B, float beta, float* C,
                 long rsc, long csc) {
   static thread_local Buf bbuf;
-  const int kc_step = ceil_div(K, ceil_div(K, KC_DIRECT));
-  // B packed whole as consecutive kc x 8 panels (panel pc starts at pc * 8): K x 8 floats.
-  float* Bp = bbuf.get((size_t)K * NR_S);
-  for (int pc = 0; pc < K; pc += kc_step) pack_b<NR_S, TB>(B, pc, std::min(kc_step, K - pc), 0, N, Bp + (long)pc * NR_S);
+  float* Bt = bbuf.get((size_t)round_up(K, 8) * NR_S);
+  pack_bt_direct<TB>(N, K, B, Bt);
   auto& pool = ajuste::ThreadPool::get();
-  const long mu = ceil_div(M, MR_S);
+  const long mu = ceil_div(M, RT_DIRECT);
   if (pool.size() <= 1 || 2.0 * M * N * K < 4e6 || mu < 2) {
-    run_direct_range(K, alpha, A, Bp, kc_step, beta, C, rsc, csc, N, 0, M);
+    run_direct_range(K, alpha, A, Bt, beta, C, rsc, csc, N, 0, M);
     return;
   }
   pool.parallel_for(mu, [&](long b, long e, int) {
-    run_direct_range(K, alpha, A, Bp, kc_step, beta, C, rsc, csc, N, (int)(b * MR_S), (int)std::min<long>(M, e * MR_S));
+    run_direct_range(K, alpha, A, Bt, beta, C, rsc, csc, N, (int)(b * RT_DIRECT),
+                     (int)std::min<long>(M, e * RT_DIRECT));
   });
 }
 #endif
