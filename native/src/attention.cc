@@ -5,7 +5,7 @@
 //
 // Work is split into tiles of BQ queries x BK keys. Queries are transposed once per query block
 // into padded scratch; key/value rows are read in place (or copied and padded when D % 16 != 0),
-// so every product is one register-blocked GEMM micro-kernel (4 rows x 16 columns), plain or with
+// so every product is one register-blocked GEMM micro-kernel (6 or 4 rows x 16 columns), plain or with
 // A transposed. Scores never exist beyond one tile.
 //   forward : items (b, h, query block), online softmax over the key blocks.
 //   backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - Di), dV += P^T dO, dK += scale dS^T Q,
@@ -135,66 +135,82 @@ void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L
 #ifdef AJ_X86
 #define AJ_AVX2 __attribute__((target("avx2,fma")))
 
-// 4 x 16 register block; a(r, k) yields a pointer to A's element (row i + r, column k).
-#define AJ_GEMM_BODY(A_AT)                                                                           \
-  for (int i = 0; i < M; i += 4) {                                                                   \
-    float* c0 = C + (size_t)i * ldc;                                                                 \
-    float* c1 = c0 + ldc;                                                                            \
-    float* c2 = c1 + ldc;                                                                            \
-    float* c3 = c2 + ldc;                                                                            \
-    const int kb = std::max(0, std::min(K, i + band.klo));                                           \
-    const int ke = std::max(kb, std::min(K, i + 4 + band.khi));                                      \
-    for (int j = 0; j < N; j += 16) {                                                                \
-      __m256 r00, r01, r10, r11, r20, r21, r30, r31;                                                 \
-      if (i > j + 15 + band.dead) { /* all masked */                                                 \
-        if (!acc) {                                                                                  \
-          const __m256 z = _mm256_setzero_ps();                                                      \
-          _mm256_storeu_ps(c0 + j, z); _mm256_storeu_ps(c0 + j + 8, z);                              \
-          _mm256_storeu_ps(c1 + j, z); _mm256_storeu_ps(c1 + j + 8, z);                              \
-          _mm256_storeu_ps(c2 + j, z); _mm256_storeu_ps(c2 + j + 8, z);                              \
-          _mm256_storeu_ps(c3 + j, z); _mm256_storeu_ps(c3 + j + 8, z);                              \
-        }                                                                                            \
-        continue;                                                                                    \
-      }                                                                                              \
-      if (acc) {                                                                                     \
-        r00 = _mm256_loadu_ps(c0 + j); r01 = _mm256_loadu_ps(c0 + j + 8);                           \
-        r10 = _mm256_loadu_ps(c1 + j); r11 = _mm256_loadu_ps(c1 + j + 8);                           \
-        r20 = _mm256_loadu_ps(c2 + j); r21 = _mm256_loadu_ps(c2 + j + 8);                           \
-        r30 = _mm256_loadu_ps(c3 + j); r31 = _mm256_loadu_ps(c3 + j + 8);                           \
-      } else {                                                                                       \
-        r00 = r01 = r10 = r11 = r20 = r21 = r30 = r31 = _mm256_setzero_ps();                         \
-      }                                                                                              \
-      const float* b = B + j + (size_t)kb * ldb;                                                     \
-      for (int k = kb; k < ke; k++, b += ldb) {                                                      \
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);                          \
-        __m256 a = _mm256_broadcast_ss(A_AT(0, k));                                                  \
-        r00 = _mm256_fmadd_ps(a, b0, r00); r01 = _mm256_fmadd_ps(a, b1, r01);                        \
-        a = _mm256_broadcast_ss(A_AT(1, k));                                                         \
-        r10 = _mm256_fmadd_ps(a, b0, r10); r11 = _mm256_fmadd_ps(a, b1, r11);                        \
-        a = _mm256_broadcast_ss(A_AT(2, k));                                                         \
-        r20 = _mm256_fmadd_ps(a, b0, r20); r21 = _mm256_fmadd_ps(a, b1, r21);                        \
-        a = _mm256_broadcast_ss(A_AT(3, k));                                                         \
-        r30 = _mm256_fmadd_ps(a, b0, r30); r31 = _mm256_fmadd_ps(a, b1, r31);                        \
-      }                                                                                              \
-      _mm256_storeu_ps(c0 + j, r00); _mm256_storeu_ps(c0 + j + 8, r01);                             \
-      _mm256_storeu_ps(c1 + j, r10); _mm256_storeu_ps(c1 + j + 8, r11);                             \
-      _mm256_storeu_ps(c2 + j, r20); _mm256_storeu_ps(c2 + j + 8, r21);                             \
-      _mm256_storeu_ps(c3 + j, r30); _mm256_storeu_ps(c3 + j + 8, r31);                             \
-    }                                                                                                \
+// Register blocks of R rows x 16 columns (R = 6: 12 accumulators, enough independent FMA chains
+// for two pipes of latency 4; R = 4 finishes a row count that is not a multiple of 6). Each
+// element of C still sums its products in k order, so the blocking does not change any result.
+// TN: A is stored transposed ([K, M]). rs (optional): C rows are multiplied by rs[row] when
+// loaded (acc only), the online softmax's rescale of the output accumulator.
+template <int R, bool TN>
+AJ_AVX2 inline __attribute__((always_inline)) void gemm_block(int i, int N, int K, const float* A, int lda,
+                                                             const float* B, int ldb, float* C, int ldc, bool acc,
+                                                             const Band& band, const float* rs) {
+  float* c[R];
+  for (int r = 0; r < R; r++) c[r] = C + (size_t)(i + r) * ldc;
+  const int kb = std::max(0, std::min(K, i + band.klo));
+  const int ke = std::max(kb, std::min(K, i + R + band.khi));
+  __m256 sc[R];
+  if (acc && rs)
+    for (int r = 0; r < R; r++) sc[r] = _mm256_broadcast_ss(rs + i + r);
+  for (int j = 0; j < N; j += 16) {
+    __m256 r0[R], r1[R];
+    if (i > j + 15 + band.dead) {  // all masked
+      if (!acc) {
+        const __m256 z = _mm256_setzero_ps();
+        for (int r = 0; r < R; r++) {
+          _mm256_storeu_ps(c[r] + j, z);
+          _mm256_storeu_ps(c[r] + j + 8, z);
+        }
+      }
+      continue;
+    }
+    if (acc) {
+      for (int r = 0; r < R; r++) {
+        r0[r] = _mm256_loadu_ps(c[r] + j);
+        r1[r] = _mm256_loadu_ps(c[r] + j + 8);
+      }
+      if (rs)
+        for (int r = 0; r < R; r++) {
+          r0[r] = _mm256_mul_ps(r0[r], sc[r]);
+          r1[r] = _mm256_mul_ps(r1[r], sc[r]);
+        }
+    } else {
+      for (int r = 0; r < R; r++) r0[r] = r1[r] = _mm256_setzero_ps();
+    }
+    const float* b = B + j + (size_t)kb * ldb;
+    const float* a = TN ? A + (size_t)kb * lda + i : A + (size_t)i * lda + kb;
+    for (int k = kb; k < ke; k++, b += ldb, a += TN ? lda : 1) {
+      const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+      for (int r = 0; r < R; r++) {
+        const __m256 av = _mm256_broadcast_ss(TN ? a + r : a + (size_t)r * lda);
+        r0[r] = _mm256_fmadd_ps(av, b0, r0[r]);
+        r1[r] = _mm256_fmadd_ps(av, b1, r1[r]);
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      _mm256_storeu_ps(c[r] + j, r0[r]);
+      _mm256_storeu_ps(c[r] + j + 8, r1[r]);
+    }
   }
+}
+
+template <bool TN>
+AJ_AVX2 inline __attribute__((always_inline)) void gemm_rows(int M, int N, int K, const float* A, int lda,
+                                                            const float* B, int ldb, float* C, int ldc, bool acc,
+                                                            const Band& band, const float* rs) {
+  const int m6 = M - 4 * ((M % 12) / 4);  // rows in blocks of 6; the rest (0, 4 or 8) in blocks of 4
+  int i = 0;
+  for (; i < m6; i += 6) gemm_block<6, TN>(i, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
+  for (; i < M; i += 4) gemm_block<4, TN>(i, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
+}
 
 AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                        const Band& band) {
-#define AJ_A_NN(r, k) (A + (size_t)(i + (r)) * lda + (k))
-  AJ_GEMM_BODY(AJ_A_NN)
-#undef AJ_A_NN
+  gemm_rows<false>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, nullptr);
 }
 
 AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                           const Band& band) {
-#define AJ_A_TN(r, k) (A + (size_t)(k) * lda + i + (r))
-  AJ_GEMM_BODY(AJ_A_TN)
-#undef AJ_A_TN
+  gemm_rows<true>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, nullptr);
 }
 
 // exp(x) for x <= ~88 (Cephes-style: 2^n * p(r)); 0 below -87.3, which also covers -inf.
