@@ -336,36 +336,49 @@ void load_transposed(float* dst, const float* src, size_t stride, int n, int D, 
     for (int r = n; r < np; r++) dst[(size_t)c * BQ + r] = 0;
 }
 
-// Decides how tile (queries t0..t0+nq, keys s0..s0+nk) is masked. Returns false when no pair is
-// allowed. Sets full when every pair is allowed; otherwise fills mask[j * BQ + i].
-bool tile_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask, bool& full) {
-  full = !P.seg && s0 + nk - 1 <= t0;
-  if (full) return true;
-  if (!P.seg && s0 > t0 + nq - 1) return false;
+// How tile (queries t0..t0+nq, keys s0..s0+nk) is masked: SKIP (no pair allowed), FULL (every pair
+// allowed), CAUSAL (only s <= t; all of the tile's keys and queries in one segment) or BYTES
+// (mask[j * BQ + i] filled here).
+enum MaskKind { SKIP, FULL, CAUSAL, BYTES };
+
+MaskKind tile_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask) {
+  if (s0 > t0 + nq - 1) return SKIP;
   const int32_t* seg = P.seg ? P.seg + (size_t)b * P.T : nullptr;
+  bool uniform = true;
+  if (seg) {
+    const int32_t id = seg[s0];
+    for (int j = 0; j < nk; j++) uniform &= seg[s0 + j] == id;
+    for (int i = 0; i < nq; i++) uniform &= seg[t0 + i] == id;
+  }
+  if (uniform) return s0 + nk - 1 <= t0 ? FULL : CAUSAL;
   int count = 0;
   for (int j = 0; j < nk; j++) {
     const int s = s0 + j;
+    const int32_t sid = seg[s];
     uint8_t* m = mask + j * BQ;
     for (int i = 0; i < nq; i++) {
-      const int t = t0 + i;
-      const bool ok = s <= t && (!seg || seg[s] == seg[t]);
+      const uint8_t ok = (s <= t0 + i) & (seg[t0 + i] == sid);
       m[i] = ok;
       count += ok;
     }
   }
-  return count > 0;
+  return count > 0 ? BYTES : SKIP;
 }
 
 // St [rows j, cols i]: -inf where a pair is not allowed and in padding rows nk..round4(nk).
-void apply_mask(float* S, int nq, int nk, const uint8_t* mask, bool full) {
-  if (!full)
+void apply_mask(float* S, int t0, int nq, int s0, int nk, const uint8_t* mask, MaskKind kind) {
+  if (kind == CAUSAL) {
+    for (int j = 0; j < nk; j++) {  // key s0 + j is after queries t0 .. s0 + j - 1
+      const int n = std::min(nq, std::max(0, s0 + j - t0));
+      std::fill(S + j * BQ, S + j * BQ + n, NEG_INF);
+    }
+  } else if (kind == BYTES) {
     for (int j = 0; j < nk; j++) {
       float* s = S + j * BQ;
       const uint8_t* m = mask + j * BQ;
-      for (int i = 0; i < nq; i++)
-        if (!m[i]) s[i] = NEG_INF;
+      for (int i = 0; i < nq; i++) s[i] = m[i] ? s[i] : NEG_INF;
     }
+  }
   for (int j = nk; j < round_up(nk, 4); j++)
     for (int i = 0; i < BQ; i++) S[j * BQ + i] = NEG_INF;
 }
@@ -410,15 +423,16 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
   const int last = t0 + nq - 1;
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0), nkr = round_up(nk, 4);
-    bool full;
-    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+    const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+    if (kind == SKIP) continue;
+    const bool full = kind == FULL;
     const Rows K = rows_view(W.K.data(), Dp, P.k + P.kvrow(b, s0, g), kstride, nk, D);
     const Rows V = rows_view(W.V.data(), Dp, P.v + P.kvrow(b, s0, g), kstride, nk, D);
     // Keys after the queries: S blocks all masked (st), and P zero past the diagonal (pv).
     const Band st = full ? NO_BAND : Band{t0 - s0, -NONE, NONE};
     const Band pv = full ? NO_BAND : Band{NONE, -NONE, t0 - s0};
     O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
-    apply_mask(W.S.data(), nq, nk, W.mask.data(), full);
+    apply_mask(W.S.data(), t0, nq, s0, nk, W.mask.data(), kind);
     O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
     for (int i = 0; i < nq; i++) {
       const float a = W.alpha[i];
@@ -497,7 +511,8 @@ void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int
 // dS^T Q into dK and dS K into dQ (each when non-null; dS is unscaled, so dK and dQ get the
 // scale when written out). dK/dV point at the accumulator row of key s0.
 // diag = t0 - s0 (first query minus first key) gives the causal band (see Band).
-void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, int diag, float* dK, float* dV, float* dQ) {
+void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, MaskKind kind, int diag, float* dK, float* dV, float* dQ) {
+  const bool full = kind == FULL;
   const Ops& O = ops();
   const int D = P.D, Dp = P.Dp, nqr = round_up(nq, 4), nqc = round_up(nq, 16), nkr = round_up(nk, 4);
   float* S = W.S.data();
@@ -506,7 +521,7 @@ void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, int di
   const Band kq = full ? NO_BAND : Band{NONE, -diag, NONE};   // dV, dK: key row j sees queries from j - diag
   const Band qk = full ? NO_BAND : Band{NONE, -NONE, diag};   // dQ: query row i sees keys up to i + diag
   O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false, st);
-  apply_mask(S, nq, nk, W.mask.data(), full);
+  apply_mask(S, diag, nq, 0, nk, W.mask.data(), kind);
   O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false, st);
   O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
   if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true, kq);
@@ -535,10 +550,10 @@ void bwd_one_pass(const Problem& P, BwdScratch& W, int b, int g) {
       std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
       for (int s0 = 0; s0 <= last; s0 += BK) {
         const int nk = std::min(BK, last + 1 - s0);
-        bool full;
-        if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+        const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+        if (kind == SKIP) continue;
         bwd_load_keys(P, W, b, g, s0, nk);
-        bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
+        bwd_tile(P, W, nq, nk, kind, t0 - s0, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
       }
       write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), Dp, nq, P.D, P.scale);
     }
@@ -558,10 +573,10 @@ void bwd_key_block(const Problem& P, BwdScratch& W, int b, int g, int kb) {
     const int h = g * P.G + hh;
     for (int t0 = kb * BQ; t0 < P.T; t0 += BQ) {  // earlier query blocks cannot see these keys
       const int nq = std::min(BQ, P.T - t0);
-      bool full;
-      if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+      const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+      if (kind == SKIP) continue;
       bwd_load_queries(P, W, b, h, t0, nq);
-      bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data(), W.dV.data(), nullptr);
+      bwd_tile(P, W, nq, nk, kind, t0 - s0, W.dK.data(), W.dV.data(), nullptr);
     }
   }
   const size_t kstride = (size_t)P.Hkv * P.D;
@@ -576,10 +591,10 @@ void bwd_query_block(const Problem& P, BwdScratch& W, int b, int h, int qb) {
   std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0);
-    bool full;
-    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+    const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+    if (kind == SKIP) continue;
     bwd_load_keys(P, W, b, g, s0, nk);
-    bwd_tile(P, W, nq, nk, full, t0 - s0, nullptr, nullptr, W.dQ.data());
+    bwd_tile(P, W, nq, nk, kind, t0 - s0, nullptr, nullptr, W.dQ.data());
   }
   write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), P.Dp, nq, P.D, P.scale);
 }
