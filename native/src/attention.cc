@@ -69,8 +69,9 @@ const Band NO_BAND{};
 struct Ops {
   void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                const Band& band);
+  // rs (optional, acc only): C row r is first multiplied by rs[r] (the online softmax's rescale).
   void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                  const Band& band);
+                  const Band& band, const float* rs);
   void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha);
   void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di);
   void (*transpose8)(float* dst, const float* src, size_t stride, int n8, int D8, float alpha);  // may be null
@@ -94,10 +95,12 @@ void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, i
 }
 
 void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                    const Band&) {
+                    const Band&, const float* rs) {
   for (int i = 0; i < M; i++) {
     float* c = C + (size_t)i * ldc;
     if (!acc) std::memset(c, 0, sizeof(float) * N);
+    else if (rs)
+      for (int j = 0; j < N; j++) c[j] *= rs[i];
     for (int k = 0; k < K; k++) {
       const float av = A[(size_t)k * lda + i];
       const float* b = B + (size_t)k * ldb;
@@ -210,8 +213,8 @@ AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float
 }
 
 AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                          const Band& band) {
-  gemm_rows<true>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, nullptr);
+                          const Band& band, const float* rs) {
+  gemm_rows<true>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
 }
 
 // exp(x) for x <= ~88 (Cephes-style: 2^n * p(r)); 0 below -87.3, which also covers -inf.
@@ -467,13 +470,8 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
     O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
     apply_mask(W.S.data(), t0, nq, s0, nk, W.mask.data(), kind);
     O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
-    for (int i = 0; i < nq; i++) {
-      const float a = W.alpha[i];
-      if (a == 1.f) continue;
-      float* r = W.acc.data() + (size_t)i * Dp;
-      for (int d = 0; d < Dp; d++) r[d] *= a;
-    }
-    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv);
+    // acc row i *= alpha[i], then += P^T V
+    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv, W.alpha.data());
   }
   for (int i = 0; i < nq; i++) {
     const float inv = 1.f / W.l[i];
@@ -563,7 +561,7 @@ void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, MaskKind kind, in
   O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
   if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true, kq);
   if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true, kq);
-  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk);
+  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk, nullptr);
 }
 
 void write_rows(float* dst, size_t stride, const float* src, int Dp, int n, int D, float alpha) {
