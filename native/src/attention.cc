@@ -72,8 +72,9 @@ struct Ops {
   // rs (optional, acc only): C row r is first multiplied by rs[r] (the online softmax's rescale).
   void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                   const Band& band, const float* rs);
-  void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha);
-  void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di);
+  // diag (NONE or t0 - s0 of a causal tile): entries of rows j > i + diag (query i) are masked.
+  void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int diag);
+  void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int diag);
   void (*transpose8)(float* dst, const float* src, size_t stride, int n8, int D8, float alpha);  // may be null
   const char* isa;
 };
@@ -109,7 +110,7 @@ void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B
   }
 }
 
-void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
+void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int) {
   for (int i = 0; i < cols; i++) {
     float bm = NEG_INF;
     for (int j = 0; j < rows; j++) bm = std::max(bm, S[j * ld + i]);
@@ -127,7 +128,7 @@ void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, fl
   }
 }
 
-void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
+void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int) {
   for (int j = 0; j < rows; j++)
     for (int i = 0; i < cols; i++) {
       const float p = exp_or_zero(S[j * ld + i] - L[i]);
@@ -238,40 +239,49 @@ AJ_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
 }
 
-AJ_AVX2 void softmax_avx2(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
-  alignas(32) float ms[BQ], sum[BQ];
-  const __m256 ninf = _mm256_set1_ps(NEG_INF);
-  for (int i = 0; i < cols; i += 8) _mm256_store_ps(ms + i, ninf);
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8)
-      _mm256_store_ps(ms + i, _mm256_max_ps(_mm256_load_ps(ms + i), _mm256_loadu_ps(S + j * ld + i)));
+// Column groups of 8 queries, one at a time. diag (see Band; NONE: no hint): rows j >= i0 + 8 + diag
+// are masked for all of group i0's columns, so they are only written as the zeros exp would give.
+AJ_AVX2 void softmax_avx2(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int diag) {
+  const __m256 ninf = _mm256_set1_ps(NEG_INF), zero = _mm256_setzero_ps();
   for (int i = 0; i < cols; i += 8) {
+    const int jmax = std::max(0, std::min(rows, i + 8 + diag));
+    float* s = S + i;
+    __m256 bm = ninf;
+    for (int j = 0; j < jmax; j++) bm = _mm256_max_ps(bm, _mm256_loadu_ps(s + j * ld));
     const __m256 mo = _mm256_loadu_ps(m + i);
-    const __m256 mnew = _mm256_max_ps(mo, _mm256_load_ps(ms + i));
+    const __m256 mnew = _mm256_max_ps(mo, bm);
     _mm256_storeu_ps(m + i, mnew);
     const __m256 safe = _mm256_andnot_ps(_mm256_cmp_ps(mnew, ninf, _CMP_EQ_OQ), mnew);  // -inf -> 0
-    _mm256_store_ps(ms + i, safe);
-    _mm256_storeu_ps(alpha + i, exp256(_mm256_sub_ps(mo, safe)));
-    _mm256_store_ps(sum + i, _mm256_setzero_ps());
-  }
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8) {
-      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_load_ps(ms + i)));
-      _mm256_storeu_ps(S + j * ld + i, e);
-      _mm256_store_ps(sum + i, _mm256_add_ps(_mm256_load_ps(sum + i), e));
+    const __m256 al = exp256(_mm256_sub_ps(mo, safe));
+    _mm256_storeu_ps(alpha + i, al);
+    __m256 sum = zero;
+    for (int j = 0; j < jmax; j++) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j * ld), safe));
+      _mm256_storeu_ps(s + j * ld, e);
+      sum = _mm256_add_ps(sum, e);
     }
-  for (int i = 0; i < cols; i += 8)
-    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), _mm256_loadu_ps(alpha + i), _mm256_load_ps(sum + i)));
+    for (int j = jmax; j < rows; j++) _mm256_storeu_ps(s + j * ld, zero);
+    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), al, sum));
+  }
 }
 
-AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8) {
-      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_loadu_ps(L + i)));
-      _mm256_storeu_ps(S + j * ld + i, p);
-      const __m256 dp = _mm256_loadu_ps(dP + j * ld + i);
-      _mm256_storeu_ps(dP + j * ld + i, _mm256_mul_ps(p, _mm256_sub_ps(dp, _mm256_loadu_ps(Di + i))));
+AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int diag) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < cols; i += 8) {
+    const int jmax = std::max(0, std::min(rows, i + 8 + diag));
+    const __m256 Li = _mm256_loadu_ps(L + i), Dii = _mm256_loadu_ps(Di + i);
+    float* s = S + i;
+    float* d = dP + i;
+    for (int j = 0; j < jmax; j++) {
+      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j * ld), Li));
+      _mm256_storeu_ps(s + j * ld, p);
+      _mm256_storeu_ps(d + j * ld, _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(d + j * ld), Dii)));
     }
+    for (int j = jmax; j < rows; j++) {
+      _mm256_storeu_ps(s + j * ld, zero);
+      _mm256_storeu_ps(d + j * ld, zero);
+    }
+  }
 }
 
 // dst[c * BQ + r] = alpha * src[r * stride + c] for r < n8, c < D8 (multiples of 8), by 8x8 blocks.
@@ -469,7 +479,7 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
     const Band pv = full ? NO_BAND : Band{NONE, -NONE, t0 - s0};
     O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
     apply_mask(W.S.data(), t0, nq, s0, nk, W.mask.data(), kind);
-    O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
+    O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data(), full ? NONE : t0 - s0);
     // acc row i *= alpha[i], then += P^T V
     O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv, W.alpha.data());
   }
@@ -558,7 +568,7 @@ void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, MaskKind kind, in
   O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false, st);
   apply_mask(S, diag, nq, 0, nk, W.mask.data(), kind);
   O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false, st);
-  O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
+  O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data(), full ? NONE : diag);
   if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true, kq);
   if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true, kq);
   if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk, nullptr);
