@@ -463,10 +463,10 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
   const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), nqr = round_up(nq, 4), nqc = round_up(nq, 16);
   const size_t qstride = (size_t)P.H * D, kstride = (size_t)P.Hkv * D;
   load_transposed(W.Qt.data(), P.q + P.qrow(b, t0, h), qstride, nq, D, P.scale);
-  std::fill(W.acc.begin(), W.acc.end(), 0.f);
   std::fill(W.m.begin(), W.m.end(), NEG_INF);
   std::fill(W.l.begin(), W.l.end(), 0.f);
   const int last = t0 + nq - 1;
+  bool started = false;
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0), nkr = round_up(nk, 4);
     const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
@@ -480,8 +480,9 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
     O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
     apply_mask(W.S.data(), t0, nq, s0, nk, W.mask.data(), kind);
     O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data(), full ? NONE : t0 - s0);
-    // acc row i *= alpha[i], then += P^T V
-    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv, W.alpha.data());
+    // acc row i *= alpha[i], then += P^T V (the first tile run writes acc; the diagonal one always runs)
+    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, started, pv, W.alpha.data());
+    started = true;
   }
   for (int i = 0; i < nq; i++) {
     const float inv = 1.f / W.l[i];
