@@ -76,6 +76,7 @@ struct Ops {
   void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int diag);
   void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int diag);
   void (*transpose8)(float* dst, const float* src, size_t stride, int n8, int D8, float alpha);  // may be null
+  void (*rowdot8)(float* out, const float* a, const float* b, size_t stride, int n8, int D8);     // may be null
   const char* isa;
 };
 
@@ -284,44 +285,65 @@ AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const fl
   }
 }
 
+// x[0..7] (8 rows of 8) <- their transpose.
+AJ_AVX2 inline __attribute__((always_inline)) void transpose8x8(__m256* x) {
+  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]),
+               t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]),
+               t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]),
+               t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  x[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  x[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  x[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  x[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  x[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  x[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  x[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  x[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
 // dst[c * BQ + r] = alpha * src[r * stride + c] for r < n8, c < D8 (multiples of 8), by 8x8 blocks.
 AJ_AVX2 void transpose8_avx2(float* dst, const float* src, size_t stride, int n8, int D8, float alpha) {
   const __m256 al = _mm256_set1_ps(alpha);
   for (int r = 0; r < n8; r += 8)
     for (int c = 0; c < D8; c += 8) {
-      const float* s = src + r * stride + c;
-      __m256 x0 = _mm256_loadu_ps(s), x1 = _mm256_loadu_ps(s + stride), x2 = _mm256_loadu_ps(s + 2 * stride),
-             x3 = _mm256_loadu_ps(s + 3 * stride), x4 = _mm256_loadu_ps(s + 4 * stride),
-             x5 = _mm256_loadu_ps(s + 5 * stride), x6 = _mm256_loadu_ps(s + 6 * stride),
-             x7 = _mm256_loadu_ps(s + 7 * stride);
-      __m256 t0 = _mm256_unpacklo_ps(x0, x1), t1 = _mm256_unpackhi_ps(x0, x1), t2 = _mm256_unpacklo_ps(x2, x3),
-             t3 = _mm256_unpackhi_ps(x2, x3), t4 = _mm256_unpacklo_ps(x4, x5), t5 = _mm256_unpackhi_ps(x4, x5),
-             t6 = _mm256_unpacklo_ps(x6, x7), t7 = _mm256_unpackhi_ps(x6, x7);
-      __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
-             u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
-             u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
-             u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+      __m256 x[8];
+      for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_ps(src + (r + k) * stride + c);
+      transpose8x8(x);
       float* d = dst + (size_t)c * BQ + r;
-      _mm256_storeu_ps(d + 0 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u0, u4, 0x20)));
-      _mm256_storeu_ps(d + 1 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u1, u5, 0x20)));
-      _mm256_storeu_ps(d + 2 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u2, u6, 0x20)));
-      _mm256_storeu_ps(d + 3 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u3, u7, 0x20)));
-      _mm256_storeu_ps(d + 4 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u0, u4, 0x31)));
-      _mm256_storeu_ps(d + 5 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u1, u5, 0x31)));
-      _mm256_storeu_ps(d + 6 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u2, u6, 0x31)));
-      _mm256_storeu_ps(d + 7 * BQ, _mm256_mul_ps(al, _mm256_permute2f128_ps(u3, u7, 0x31)));
+      for (int k = 0; k < 8; k++) _mm256_storeu_ps(d + k * BQ, _mm256_mul_ps(al, x[k]));
     }
+}
+
+// out[r] = sum over c < D8 of a[r * stride + c] * b[r * stride + c], summed in c order, for r < n8.
+AJ_AVX2 void rowdot8_avx2(float* out, const float* a, const float* b, size_t stride, int n8, int D8) {
+  for (int r = 0; r < n8; r += 8) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int c = 0; c < D8; c += 8) {
+      __m256 x[8];
+      for (int k = 0; k < 8; k++) {
+        const size_t o = (r + k) * stride + c;
+        x[k] = _mm256_mul_ps(_mm256_loadu_ps(a + o), _mm256_loadu_ps(b + o));
+      }
+      transpose8x8(x);
+      for (int k = 0; k < 8; k++) sum = _mm256_add_ps(sum, x[k]);
+    }
+    _mm256_storeu_ps(out + r, sum);
+  }
 }
 #endif
 
 const Ops& ops() {
   static const Ops o = [] {
-    Ops r{gemm_scalar, gemm_tn_scalar, softmax_scalar, p_ds_scalar, nullptr, "scalar"};
+    Ops r{gemm_scalar, gemm_tn_scalar, softmax_scalar, p_ds_scalar, nullptr, nullptr, "scalar"};
 #ifdef AJ_X86
     const char* force = std::getenv("AJUSTE_ISA");
     const bool scalar = force && std::string(force) == "scalar";
     if (!scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = {gemm_avx2, gemm_tn_avx2, softmax_avx2, p_ds_avx2, transpose8_avx2, "avx2"};
+      r = {gemm_avx2, gemm_tn_avx2, softmax_avx2, p_ds_avx2, transpose8_avx2, rowdot8_avx2, "avx2"};
 #endif
     return r;
   }();
@@ -510,11 +532,11 @@ struct BwdScratch {
   // query side: Qt (scaled, transposed), dOt, Q and dO rows, L (lse, +inf padding), Di;
   // key side: K, V rows; tile: St (P^T), dPt (dS^T); accumulators dQ [BQ], dK/dV [kv_rows].
   // Row operands point into the tensors when no padding is needed (see rows_view).
-  std::vector<float> Qt, dOt, Ot, Qr, dOr, L, Di, K, V, S, dP, dQ, dK, dV;
+  std::vector<float> Qt, dOt, Qr, dOr, L, Di, K, V, S, dP, dQ, dK, dV;
   Rows q{nullptr, 0}, dout{nullptr, 0}, k{nullptr, 0}, v{nullptr, 0};
   std::vector<uint8_t> mask;
   BwdScratch(int Dp, int kv_rows)
-      : Qt((size_t)Dp * BQ), dOt((size_t)Dp * BQ), Ot((size_t)Dp * BQ), Qr(BQ * Dp), dOr(BQ * Dp), L(BQ), Di(BQ), K(BK * Dp),
+      : Qt((size_t)Dp * BQ), dOt((size_t)Dp * BQ), Qr(BQ * Dp), dOr(BQ * Dp), L(BQ), Di(BQ), K(BK * Dp),
         V(BK * Dp), S(BK * BQ), dP(BK * BQ), dQ(BQ * Dp), dK((size_t)kv_rows * Dp), dV((size_t)kv_rows * Dp),
         mask(BK * BQ) {}
 };
@@ -534,20 +556,21 @@ void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int
   load_transposed(W.dOt.data(), dout, qstride, nq, D, 1.f);
   W.q = rows_view(W.Qr.data(), P.Dp, q, qstride, nq, D);
   W.dout = rows_view(W.dOr.data(), P.Dp, dout, qstride, nq, D);
-  // Di[i] = sum_c out[i][c] dout[i][c], each summed in c order, vectorised across queries.
-  load_transposed(W.Ot.data(), P.out + P.qrow(b, t0, h), qstride, nq, D, 1.f);
-  float* Di = W.Di.data();
-  std::fill(Di, Di + BQ, 0.f);
-  for (int c = 0; c < D; c++) {
-    const float* o = W.Ot.data() + (size_t)c * BQ;
-    const float* d = W.dOt.data() + (size_t)c * BQ;
-    for (int i = 0; i < BQ; i++) Di[i] += o[i] * d[i];
-  }
+  // Di[i] = sum_c out[i][c] dout[i][c], summed in c order (8 queries at a time where possible).
+  const Ops& O = ops();
+  const float* out = P.out + P.qrow(b, t0, h);
+  const int n8 = O.rowdot8 ? nq / 8 * 8 : 0, D8 = O.rowdot8 ? D / 8 * 8 : 0;
+  if (n8 && D8) O.rowdot8(W.Di.data(), out, dout, qstride, n8, D8);
   for (int i = 0; i < BQ; i++) {
     if (i < nq) {
+      const float* o = out + i * qstride;
+      const float* d = dout + i * qstride;
+      float s = i < n8 ? W.Di[i] : 0.f;
+      for (int c = (i < n8 ? D8 : 0); c < D; c++) s += o[c] * d[c];
+      W.Di[i] = s;
       W.L[i] = P.lse[((size_t)b * P.H + h) * P.T + t0 + i];
     } else {
-      Di[i] = 0;
+      W.Di[i] = 0;
       W.L[i] = std::numeric_limits<float>::infinity();  // padding queries: P = 0
     }
   }
