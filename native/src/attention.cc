@@ -52,13 +52,15 @@ inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 //   softmax: online-softmax step over a tile St [rows, cols]: per column i, m/l/alpha updated and
 //            St replaced by exp(St - m_new) (0 where St is -inf).                 cols % 8 == 0.
 //   p_ds:    St <- P = exp(St - L[i]); dPt <- P * (dPt - Di[i]).                  cols % 8 == 0.
+//   Both take the tile's diagonal (diag below) and write the rows a causal tile masks for a whole
+//   group of 8 columns as zeros without computing them.
 // ---------------------------------------------------------------------------------------------
 // The causal band of a tile, as hints a gemm may use to skip work that is exactly zero (the scalar loops
-// ignore them): with i the first row of a 4-row block,
+// ignore them): with i the first row of an R-row block (R = 6 or 4),
 //   dead: the block's columns j..j+15 are all masked when i > j + 15 + dead (C rows are keys, columns
 //         queries: key s0 + r is after query t0 + c). Such blocks are written as zeros (acc == false) or
 //         left alone (acc == true); the caller masks them anyway.
-//   klo/khi: only k in [i + klo, i + 4 + khi) can contribute to the block (P or dS is zero elsewhere).
+//   klo/khi: only k in [i + klo, i + R + khi) can contribute to the block (P or dS is zero elsewhere).
 // NONE disables a hint. Skipping only ever drops additions of exact zeros, so results do not change.
 constexpr int NONE = 1 << 29;
 struct Band {
