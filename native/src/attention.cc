@@ -5,7 +5,7 @@
 //
 // Work is split into tiles of BQ queries x BK keys. Queries are transposed once per query block
 // into padded scratch; key/value rows are read in place (or copied and padded when D % 16 != 0),
-// so every product is one register-blocked GEMM micro-kernel (4 rows x 16 columns), plain or with
+// so every product is one register-blocked GEMM micro-kernel (6 or 4 rows x 16 columns), plain or with
 // A transposed. Scores never exist beyond one tile.
 //   forward : items (b, h, query block), online softmax over the key blocks.
 //   backward: P = exp(S - lse), dP = dO V^T, dS = P (dP - Di), dV += P^T dO, dK += scale dS^T Q,
@@ -52,13 +52,15 @@ inline int round_up(int x, int m) { return (x + m - 1) / m * m; }
 //   softmax: online-softmax step over a tile St [rows, cols]: per column i, m/l/alpha updated and
 //            St replaced by exp(St - m_new) (0 where St is -inf).                 cols % 8 == 0.
 //   p_ds:    St <- P = exp(St - L[i]); dPt <- P * (dPt - Di[i]).                  cols % 8 == 0.
+//   Both take the tile's diagonal (diag below) and write the rows a causal tile masks for a whole
+//   group of 8 columns as zeros without computing them.
 // ---------------------------------------------------------------------------------------------
 // The causal band of a tile, as hints a gemm may use to skip work that is exactly zero (the scalar loops
-// ignore them): with i the first row of a 4-row block,
+// ignore them): with i the first row of an R-row block (R = 6 or 4),
 //   dead: the block's columns j..j+15 are all masked when i > j + 15 + dead (C rows are keys, columns
 //         queries: key s0 + r is after query t0 + c). Such blocks are written as zeros (acc == false) or
 //         left alone (acc == true); the caller masks them anyway.
-//   klo/khi: only k in [i + klo, i + 4 + khi) can contribute to the block (P or dS is zero elsewhere).
+//   klo/khi: only k in [i + klo, i + R + khi) can contribute to the block (P or dS is zero elsewhere).
 // NONE disables a hint. Skipping only ever drops additions of exact zeros, so results do not change.
 constexpr int NONE = 1 << 29;
 struct Band {
@@ -69,10 +71,14 @@ const Band NO_BAND{};
 struct Ops {
   void (*gemm)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                const Band& band);
+  // rs (optional, acc only): C row r is first multiplied by rs[r] (the online softmax's rescale).
   void (*gemm_tn)(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                  const Band& band);
-  void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha);
-  void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di);
+                  const Band& band, const float* rs);
+  // diag (NONE or t0 - s0 of a causal tile): entries of rows j > i + diag (query i) are masked.
+  void (*softmax)(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int diag);
+  void (*p_ds)(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int diag);
+  void (*transpose8)(float* dst, const float* src, size_t stride, int n8, int D8, float alpha);  // may be null
+  void (*rowdot8)(float* out, const float* a, const float* b, size_t stride, int n8, int D8);     // may be null
   const char* isa;
 };
 
@@ -93,10 +99,12 @@ void gemm_scalar(int M, int N, int K, const float* A, int lda, const float* B, i
 }
 
 void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                    const Band&) {
+                    const Band&, const float* rs) {
   for (int i = 0; i < M; i++) {
     float* c = C + (size_t)i * ldc;
     if (!acc) std::memset(c, 0, sizeof(float) * N);
+    else if (rs)
+      for (int j = 0; j < N; j++) c[j] *= rs[i];
     for (int k = 0; k < K; k++) {
       const float av = A[(size_t)k * lda + i];
       const float* b = B + (size_t)k * ldb;
@@ -105,7 +113,7 @@ void gemm_tn_scalar(int M, int N, int K, const float* A, int lda, const float* B
   }
 }
 
-void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
+void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int) {
   for (int i = 0; i < cols; i++) {
     float bm = NEG_INF;
     for (int j = 0; j < rows; j++) bm = std::max(bm, S[j * ld + i]);
@@ -123,7 +131,7 @@ void softmax_scalar(float* S, int ld, int rows, int cols, float* m, float* l, fl
   }
 }
 
-void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
+void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int) {
   for (int j = 0; j < rows; j++)
     for (int i = 0; i < cols; i++) {
       const float p = exp_or_zero(S[j * ld + i] - L[i]);
@@ -135,66 +143,82 @@ void p_ds_scalar(float* S, float* dP, int ld, int rows, int cols, const float* L
 #ifdef AJ_X86
 #define AJ_AVX2 __attribute__((target("avx2,fma")))
 
-// 4 x 16 register block; a(r, k) yields a pointer to A's element (row i + r, column k).
-#define AJ_GEMM_BODY(A_AT)                                                                           \
-  for (int i = 0; i < M; i += 4) {                                                                   \
-    float* c0 = C + (size_t)i * ldc;                                                                 \
-    float* c1 = c0 + ldc;                                                                            \
-    float* c2 = c1 + ldc;                                                                            \
-    float* c3 = c2 + ldc;                                                                            \
-    const int kb = std::max(0, std::min(K, i + band.klo));                                           \
-    const int ke = std::max(kb, std::min(K, i + 4 + band.khi));                                      \
-    for (int j = 0; j < N; j += 16) {                                                                \
-      __m256 r00, r01, r10, r11, r20, r21, r30, r31;                                                 \
-      if (i > j + 15 + band.dead) { /* all masked */                                                 \
-        if (!acc) {                                                                                  \
-          const __m256 z = _mm256_setzero_ps();                                                      \
-          _mm256_storeu_ps(c0 + j, z); _mm256_storeu_ps(c0 + j + 8, z);                              \
-          _mm256_storeu_ps(c1 + j, z); _mm256_storeu_ps(c1 + j + 8, z);                              \
-          _mm256_storeu_ps(c2 + j, z); _mm256_storeu_ps(c2 + j + 8, z);                              \
-          _mm256_storeu_ps(c3 + j, z); _mm256_storeu_ps(c3 + j + 8, z);                              \
-        }                                                                                            \
-        continue;                                                                                    \
-      }                                                                                              \
-      if (acc) {                                                                                     \
-        r00 = _mm256_loadu_ps(c0 + j); r01 = _mm256_loadu_ps(c0 + j + 8);                           \
-        r10 = _mm256_loadu_ps(c1 + j); r11 = _mm256_loadu_ps(c1 + j + 8);                           \
-        r20 = _mm256_loadu_ps(c2 + j); r21 = _mm256_loadu_ps(c2 + j + 8);                           \
-        r30 = _mm256_loadu_ps(c3 + j); r31 = _mm256_loadu_ps(c3 + j + 8);                           \
-      } else {                                                                                       \
-        r00 = r01 = r10 = r11 = r20 = r21 = r30 = r31 = _mm256_setzero_ps();                         \
-      }                                                                                              \
-      const float* b = B + j + (size_t)kb * ldb;                                                     \
-      for (int k = kb; k < ke; k++, b += ldb) {                                                      \
-        const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);                          \
-        __m256 a = _mm256_broadcast_ss(A_AT(0, k));                                                  \
-        r00 = _mm256_fmadd_ps(a, b0, r00); r01 = _mm256_fmadd_ps(a, b1, r01);                        \
-        a = _mm256_broadcast_ss(A_AT(1, k));                                                         \
-        r10 = _mm256_fmadd_ps(a, b0, r10); r11 = _mm256_fmadd_ps(a, b1, r11);                        \
-        a = _mm256_broadcast_ss(A_AT(2, k));                                                         \
-        r20 = _mm256_fmadd_ps(a, b0, r20); r21 = _mm256_fmadd_ps(a, b1, r21);                        \
-        a = _mm256_broadcast_ss(A_AT(3, k));                                                         \
-        r30 = _mm256_fmadd_ps(a, b0, r30); r31 = _mm256_fmadd_ps(a, b1, r31);                        \
-      }                                                                                              \
-      _mm256_storeu_ps(c0 + j, r00); _mm256_storeu_ps(c0 + j + 8, r01);                             \
-      _mm256_storeu_ps(c1 + j, r10); _mm256_storeu_ps(c1 + j + 8, r11);                             \
-      _mm256_storeu_ps(c2 + j, r20); _mm256_storeu_ps(c2 + j + 8, r21);                             \
-      _mm256_storeu_ps(c3 + j, r30); _mm256_storeu_ps(c3 + j + 8, r31);                             \
-    }                                                                                                \
+// Register blocks of R rows x 16 columns (R = 6: 12 accumulators, enough independent FMA chains
+// for two pipes of latency 4; R = 4 finishes a row count that is not a multiple of 6). Each
+// element of C still sums its products in k order, so the blocking does not change any result.
+// TN: A is stored transposed ([K, M]). rs (optional): C rows are multiplied by rs[row] when
+// loaded (acc only), the online softmax's rescale of the output accumulator.
+template <int R, bool TN>
+AJ_AVX2 inline __attribute__((always_inline)) void gemm_block(int i, int N, int K, const float* A, int lda,
+                                                             const float* B, int ldb, float* C, int ldc, bool acc,
+                                                             const Band& band, const float* rs) {
+  float* c[R];
+  for (int r = 0; r < R; r++) c[r] = C + (size_t)(i + r) * ldc;
+  const int kb = std::max(0, std::min(K, i + band.klo));
+  const int ke = std::max(kb, std::min(K, i + R + band.khi));
+  __m256 sc[R];
+  if (acc && rs)
+    for (int r = 0; r < R; r++) sc[r] = _mm256_broadcast_ss(rs + i + r);
+  for (int j = 0; j < N; j += 16) {
+    __m256 r0[R], r1[R];
+    if (i > j + 15 + band.dead) {  // all masked
+      if (!acc) {
+        const __m256 z = _mm256_setzero_ps();
+        for (int r = 0; r < R; r++) {
+          _mm256_storeu_ps(c[r] + j, z);
+          _mm256_storeu_ps(c[r] + j + 8, z);
+        }
+      }
+      continue;
+    }
+    if (acc) {
+      for (int r = 0; r < R; r++) {
+        r0[r] = _mm256_loadu_ps(c[r] + j);
+        r1[r] = _mm256_loadu_ps(c[r] + j + 8);
+      }
+      if (rs)
+        for (int r = 0; r < R; r++) {
+          r0[r] = _mm256_mul_ps(r0[r], sc[r]);
+          r1[r] = _mm256_mul_ps(r1[r], sc[r]);
+        }
+    } else {
+      for (int r = 0; r < R; r++) r0[r] = r1[r] = _mm256_setzero_ps();
+    }
+    const float* b = B + j + (size_t)kb * ldb;
+    const float* a = TN ? A + (size_t)kb * lda + i : A + (size_t)i * lda + kb;
+    for (int k = kb; k < ke; k++, b += ldb, a += TN ? lda : 1) {
+      const __m256 b0 = _mm256_loadu_ps(b), b1 = _mm256_loadu_ps(b + 8);
+      for (int r = 0; r < R; r++) {
+        const __m256 av = _mm256_broadcast_ss(TN ? a + r : a + (size_t)r * lda);
+        r0[r] = _mm256_fmadd_ps(av, b0, r0[r]);
+        r1[r] = _mm256_fmadd_ps(av, b1, r1[r]);
+      }
+    }
+    for (int r = 0; r < R; r++) {
+      _mm256_storeu_ps(c[r] + j, r0[r]);
+      _mm256_storeu_ps(c[r] + j + 8, r1[r]);
+    }
   }
+}
+
+template <bool TN>
+AJ_AVX2 inline __attribute__((always_inline)) void gemm_rows(int M, int N, int K, const float* A, int lda,
+                                                            const float* B, int ldb, float* C, int ldc, bool acc,
+                                                            const Band& band, const float* rs) {
+  const int m6 = M - 4 * ((M % 12) / 4);  // rows in blocks of 6; the rest (0, 4 or 8) in blocks of 4
+  int i = 0;
+  for (; i < m6; i += 6) gemm_block<6, TN>(i, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
+  for (; i < M; i += 4) gemm_block<4, TN>(i, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
+}
 
 AJ_AVX2 void gemm_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
                        const Band& band) {
-#define AJ_A_NN(r, k) (A + (size_t)(i + (r)) * lda + (k))
-  AJ_GEMM_BODY(AJ_A_NN)
-#undef AJ_A_NN
+  gemm_rows<false>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, nullptr);
 }
 
 AJ_AVX2 void gemm_tn_avx2(int M, int N, int K, const float* A, int lda, const float* B, int ldb, float* C, int ldc, bool acc,
-                          const Band& band) {
-#define AJ_A_TN(r, k) (A + (size_t)(k) * lda + i + (r))
-  AJ_GEMM_BODY(AJ_A_TN)
-#undef AJ_A_TN
+                          const Band& band, const float* rs) {
+  gemm_rows<true>(M, N, K, A, lda, B, ldb, C, ldc, acc, band, rs);
 }
 
 // exp(x) for x <= ~88 (Cephes-style: 2^n * p(r)); 0 below -87.3, which also covers -inf.
@@ -218,51 +242,110 @@ AJ_AVX2 inline __m256 exp256(__m256 x) {
   return _mm256_andnot_ps(under, _mm256_mul_ps(y, _mm256_castsi256_ps(n)));
 }
 
-AJ_AVX2 void softmax_avx2(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha) {
-  alignas(32) float ms[BQ], sum[BQ];
-  const __m256 ninf = _mm256_set1_ps(NEG_INF);
-  for (int i = 0; i < cols; i += 8) _mm256_store_ps(ms + i, ninf);
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8)
-      _mm256_store_ps(ms + i, _mm256_max_ps(_mm256_load_ps(ms + i), _mm256_loadu_ps(S + j * ld + i)));
+// Column groups of 8 queries, one at a time. diag (see Band; NONE: no hint): rows j >= i0 + 8 + diag
+// are masked for all of group i0's columns, so they are only written as the zeros exp would give.
+AJ_AVX2 void softmax_avx2(float* S, int ld, int rows, int cols, float* m, float* l, float* alpha, int diag) {
+  const __m256 ninf = _mm256_set1_ps(NEG_INF), zero = _mm256_setzero_ps();
   for (int i = 0; i < cols; i += 8) {
+    const int jmax = std::max(0, std::min(rows, i + 8 + diag));
+    float* s = S + i;
+    __m256 bm = ninf;
+    for (int j = 0; j < jmax; j++) bm = _mm256_max_ps(bm, _mm256_loadu_ps(s + j * ld));
     const __m256 mo = _mm256_loadu_ps(m + i);
-    const __m256 mnew = _mm256_max_ps(mo, _mm256_load_ps(ms + i));
+    const __m256 mnew = _mm256_max_ps(mo, bm);
     _mm256_storeu_ps(m + i, mnew);
     const __m256 safe = _mm256_andnot_ps(_mm256_cmp_ps(mnew, ninf, _CMP_EQ_OQ), mnew);  // -inf -> 0
-    _mm256_store_ps(ms + i, safe);
-    _mm256_storeu_ps(alpha + i, exp256(_mm256_sub_ps(mo, safe)));
-    _mm256_store_ps(sum + i, _mm256_setzero_ps());
-  }
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8) {
-      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_load_ps(ms + i)));
-      _mm256_storeu_ps(S + j * ld + i, e);
-      _mm256_store_ps(sum + i, _mm256_add_ps(_mm256_load_ps(sum + i), e));
+    const __m256 al = exp256(_mm256_sub_ps(mo, safe));
+    _mm256_storeu_ps(alpha + i, al);
+    __m256 sum = zero;
+    for (int j = 0; j < jmax; j++) {
+      const __m256 e = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j * ld), safe));
+      _mm256_storeu_ps(s + j * ld, e);
+      sum = _mm256_add_ps(sum, e);
     }
-  for (int i = 0; i < cols; i += 8)
-    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), _mm256_loadu_ps(alpha + i), _mm256_load_ps(sum + i)));
+    for (int j = jmax; j < rows; j++) _mm256_storeu_ps(s + j * ld, zero);
+    _mm256_storeu_ps(l + i, _mm256_fmadd_ps(_mm256_loadu_ps(l + i), al, sum));
+  }
 }
 
-AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di) {
-  for (int j = 0; j < rows; j++)
-    for (int i = 0; i < cols; i += 8) {
-      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(S + j * ld + i), _mm256_loadu_ps(L + i)));
-      _mm256_storeu_ps(S + j * ld + i, p);
-      const __m256 dp = _mm256_loadu_ps(dP + j * ld + i);
-      _mm256_storeu_ps(dP + j * ld + i, _mm256_mul_ps(p, _mm256_sub_ps(dp, _mm256_loadu_ps(Di + i))));
+AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const float* L, const float* Di, int diag) {
+  const __m256 zero = _mm256_setzero_ps();
+  for (int i = 0; i < cols; i += 8) {
+    const int jmax = std::max(0, std::min(rows, i + 8 + diag));
+    const __m256 Li = _mm256_loadu_ps(L + i), Dii = _mm256_loadu_ps(Di + i);
+    float* s = S + i;
+    float* d = dP + i;
+    for (int j = 0; j < jmax; j++) {
+      const __m256 p = exp256(_mm256_sub_ps(_mm256_loadu_ps(s + j * ld), Li));
+      _mm256_storeu_ps(s + j * ld, p);
+      _mm256_storeu_ps(d + j * ld, _mm256_mul_ps(p, _mm256_sub_ps(_mm256_loadu_ps(d + j * ld), Dii)));
     }
+    for (int j = jmax; j < rows; j++) {
+      _mm256_storeu_ps(s + j * ld, zero);
+      _mm256_storeu_ps(d + j * ld, zero);
+    }
+  }
+}
+
+// x[0..7] (8 rows of 8) <- their transpose.
+AJ_AVX2 inline __attribute__((always_inline)) void transpose8x8(__m256* x) {
+  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]),
+               t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]),
+               t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]),
+               t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  x[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  x[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  x[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  x[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  x[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  x[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  x[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  x[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// dst[c * BQ + r] = alpha * src[r * stride + c] for r < n8, c < D8 (multiples of 8), by 8x8 blocks.
+AJ_AVX2 void transpose8_avx2(float* dst, const float* src, size_t stride, int n8, int D8, float alpha) {
+  const __m256 al = _mm256_set1_ps(alpha);
+  for (int r = 0; r < n8; r += 8)
+    for (int c = 0; c < D8; c += 8) {
+      __m256 x[8];
+      for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_ps(src + (r + k) * stride + c);
+      transpose8x8(x);
+      float* d = dst + (size_t)c * BQ + r;
+      for (int k = 0; k < 8; k++) _mm256_storeu_ps(d + k * BQ, _mm256_mul_ps(al, x[k]));
+    }
+}
+
+// out[r] = sum over c < D8 of a[r * stride + c] * b[r * stride + c], summed in c order, for r < n8.
+AJ_AVX2 void rowdot8_avx2(float* out, const float* a, const float* b, size_t stride, int n8, int D8) {
+  for (int r = 0; r < n8; r += 8) {
+    __m256 sum = _mm256_setzero_ps();
+    for (int c = 0; c < D8; c += 8) {
+      __m256 x[8];
+      for (int k = 0; k < 8; k++) {
+        const size_t o = (r + k) * stride + c;
+        x[k] = _mm256_mul_ps(_mm256_loadu_ps(a + o), _mm256_loadu_ps(b + o));
+      }
+      transpose8x8(x);
+      for (int k = 0; k < 8; k++) sum = _mm256_add_ps(sum, x[k]);
+    }
+    _mm256_storeu_ps(out + r, sum);
+  }
 }
 #endif
 
 const Ops& ops() {
   static const Ops o = [] {
-    Ops r{gemm_scalar, gemm_tn_scalar, softmax_scalar, p_ds_scalar, "scalar"};
+    Ops r{gemm_scalar, gemm_tn_scalar, softmax_scalar, p_ds_scalar, nullptr, nullptr, "scalar"};
 #ifdef AJ_X86
     const char* force = std::getenv("AJUSTE_ISA");
     const bool scalar = force && std::string(force) == "scalar";
     if (!scalar && __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
-      r = {gemm_avx2, gemm_tn_avx2, softmax_avx2, p_ds_avx2, "avx2"};
+      r = {gemm_avx2, gemm_tn_avx2, softmax_avx2, p_ds_avx2, transpose8_avx2, rowdot8_avx2, "avx2"};
 #endif
     return r;
   }();
@@ -311,45 +394,61 @@ Rows rows_view(float* scratch, int Dp, const float* src, size_t stride, int n, i
 
 // dst [D, BQ] <- alpha * transpose of n rows of src (D each); columns n..round16(n) zeroed.
 void load_transposed(float* dst, const float* src, size_t stride, int n, int D, float alpha) {
+  const Ops& O = ops();
+  const int n8 = O.transpose8 ? n / 8 * 8 : 0, D8 = O.transpose8 ? D / 8 * 8 : 0;
+  if (n8 && D8) O.transpose8(dst, src, stride, n8, D8, alpha);
   for (int r = 0; r < n; r++) {
     const float* s = src + r * stride;
-    for (int c = 0; c < D; c++) dst[(size_t)c * BQ + r] = alpha * s[c];
+    for (int c = (r < n8 ? D8 : 0); c < D; c++) dst[(size_t)c * BQ + r] = alpha * s[c];
   }
   const int np = round_up(n, 16);
   for (int c = 0; c < D; c++)
     for (int r = n; r < np; r++) dst[(size_t)c * BQ + r] = 0;
 }
 
-// Decides how tile (queries t0..t0+nq, keys s0..s0+nk) is masked. Returns false when no pair is
-// allowed. Sets full when every pair is allowed; otherwise fills mask[j * BQ + i].
-bool tile_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask, bool& full) {
-  full = !P.seg && s0 + nk - 1 <= t0;
-  if (full) return true;
-  if (!P.seg && s0 > t0 + nq - 1) return false;
+// How tile (queries t0..t0+nq, keys s0..s0+nk) is masked: SKIP (no pair allowed), FULL (every pair
+// allowed), CAUSAL (only s <= t; all of the tile's keys and queries in one segment) or BYTES
+// (mask[j * BQ + i] filled here).
+enum MaskKind { SKIP, FULL, CAUSAL, BYTES };
+
+MaskKind tile_mask(const Problem& P, int b, int t0, int nq, int s0, int nk, uint8_t* mask) {
+  if (s0 > t0 + nq - 1) return SKIP;
   const int32_t* seg = P.seg ? P.seg + (size_t)b * P.T : nullptr;
+  bool uniform = true;
+  if (seg) {
+    const int32_t id = seg[s0];
+    for (int j = 0; j < nk; j++) uniform &= seg[s0 + j] == id;
+    for (int i = 0; i < nq; i++) uniform &= seg[t0 + i] == id;
+  }
+  if (uniform) return s0 + nk - 1 <= t0 ? FULL : CAUSAL;
   int count = 0;
   for (int j = 0; j < nk; j++) {
     const int s = s0 + j;
+    const int32_t sid = seg[s];
     uint8_t* m = mask + j * BQ;
     for (int i = 0; i < nq; i++) {
-      const int t = t0 + i;
-      const bool ok = s <= t && (!seg || seg[s] == seg[t]);
+      const uint8_t ok = (s <= t0 + i) & (seg[t0 + i] == sid);
       m[i] = ok;
       count += ok;
     }
   }
-  return count > 0;
+  return count > 0 ? BYTES : SKIP;
 }
 
 // St [rows j, cols i]: -inf where a pair is not allowed and in padding rows nk..round4(nk).
-void apply_mask(float* S, int nq, int nk, const uint8_t* mask, bool full) {
-  if (!full)
+void apply_mask(float* S, int t0, int nq, int s0, int nk, const uint8_t* mask, MaskKind kind) {
+  if (kind == CAUSAL) {
+    for (int j = 0; j < nk; j++) {  // key s0 + j is after queries t0 .. s0 + j - 1
+      const int n = std::min(nq, std::max(0, s0 + j - t0));
+      std::fill(S + j * BQ, S + j * BQ + n, NEG_INF);
+    }
+  } else if (kind == BYTES) {
     for (int j = 0; j < nk; j++) {
       float* s = S + j * BQ;
       const uint8_t* m = mask + j * BQ;
-      for (int i = 0; i < nq; i++)
-        if (!m[i]) s[i] = NEG_INF;
+      for (int i = 0; i < nq; i++) s[i] = m[i] ? s[i] : NEG_INF;
     }
+  }
   for (int j = nk; j < round_up(nk, 4); j++)
     for (int i = 0; i < BQ; i++) S[j * BQ + i] = NEG_INF;
 }
@@ -388,29 +487,26 @@ void fwd_item(const Problem& P, FwdScratch& W, int b, int h, int qb) {
   const int t0 = qb * BQ, nq = std::min(BQ, P.T - t0), nqr = round_up(nq, 4), nqc = round_up(nq, 16);
   const size_t qstride = (size_t)P.H * D, kstride = (size_t)P.Hkv * D;
   load_transposed(W.Qt.data(), P.q + P.qrow(b, t0, h), qstride, nq, D, P.scale);
-  std::fill(W.acc.begin(), W.acc.end(), 0.f);
   std::fill(W.m.begin(), W.m.end(), NEG_INF);
   std::fill(W.l.begin(), W.l.end(), 0.f);
   const int last = t0 + nq - 1;
+  bool started = false;
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0), nkr = round_up(nk, 4);
-    bool full;
-    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+    const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+    if (kind == SKIP) continue;
+    const bool full = kind == FULL;
     const Rows K = rows_view(W.K.data(), Dp, P.k + P.kvrow(b, s0, g), kstride, nk, D);
     const Rows V = rows_view(W.V.data(), Dp, P.v + P.kvrow(b, s0, g), kstride, nk, D);
     // Keys after the queries: S blocks all masked (st), and P zero past the diagonal (pv).
     const Band st = full ? NO_BAND : Band{t0 - s0, -NONE, NONE};
     const Band pv = full ? NO_BAND : Band{NONE, -NONE, t0 - s0};
     O.gemm(nkr, nqc, D, K.p, K.ld, W.Qt.data(), BQ, W.S.data(), BQ, false, st);
-    apply_mask(W.S.data(), nq, nk, W.mask.data(), full);
-    O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data());
-    for (int i = 0; i < nq; i++) {
-      const float a = W.alpha[i];
-      if (a == 1.f) continue;
-      float* r = W.acc.data() + (size_t)i * Dp;
-      for (int d = 0; d < Dp; d++) r[d] *= a;
-    }
-    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, true, pv);
+    apply_mask(W.S.data(), t0, nq, s0, nk, W.mask.data(), kind);
+    O.softmax(W.S.data(), BQ, nkr, nqc, W.m.data(), W.l.data(), W.alpha.data(), full ? NONE : t0 - s0);
+    // acc row i *= alpha[i], then += P^T V (the first tile run writes acc; the diagonal one always runs)
+    O.gemm_tn(nqr, Dp, nk, W.S.data(), BQ, V.p, V.ld, W.acc.data(), Dp, started, pv, W.alpha.data());
+    started = true;
   }
   for (int i = 0; i < nq; i++) {
     const float inv = 1.f / W.l[i];
@@ -462,12 +558,17 @@ void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int
   load_transposed(W.dOt.data(), dout, qstride, nq, D, 1.f);
   W.q = rows_view(W.Qr.data(), P.Dp, q, qstride, nq, D);
   W.dout = rows_view(W.dOr.data(), P.Dp, dout, qstride, nq, D);
+  // Di[i] = sum_c out[i][c] dout[i][c], summed in c order (8 queries at a time where possible).
+  const Ops& O = ops();
+  const float* out = P.out + P.qrow(b, t0, h);
+  const int n8 = O.rowdot8 ? nq / 8 * 8 : 0, D8 = O.rowdot8 ? D / 8 * 8 : 0;
+  if (n8 && D8) O.rowdot8(W.Di.data(), out, dout, qstride, n8, D8);
   for (int i = 0; i < BQ; i++) {
     if (i < nq) {
-      const float* o = P.out + P.qrow(b, t0 + i, h);
+      const float* o = out + i * qstride;
       const float* d = dout + i * qstride;
-      float s = 0;
-      for (int c = 0; c < D; c++) s += o[c] * d[c];
+      float s = i < n8 ? W.Di[i] : 0.f;
+      for (int c = (i < n8 ? D8 : 0); c < D; c++) s += o[c] * d[c];
       W.Di[i] = s;
       W.L[i] = P.lse[((size_t)b * P.H + h) * P.T + t0 + i];
     } else {
@@ -481,7 +582,8 @@ void bwd_load_queries(const Problem& P, BwdScratch& W, int b, int h, int t0, int
 // dS^T Q into dK and dS K into dQ (each when non-null; dS is unscaled, so dK and dQ get the
 // scale when written out). dK/dV point at the accumulator row of key s0.
 // diag = t0 - s0 (first query minus first key) gives the causal band (see Band).
-void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, int diag, float* dK, float* dV, float* dQ) {
+void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, MaskKind kind, int diag, float* dK, float* dV, float* dQ) {
+  const bool full = kind == FULL;
   const Ops& O = ops();
   const int D = P.D, Dp = P.Dp, nqr = round_up(nq, 4), nqc = round_up(nq, 16), nkr = round_up(nk, 4);
   float* S = W.S.data();
@@ -490,12 +592,12 @@ void bwd_tile(const Problem& P, BwdScratch& W, int nq, int nk, bool full, int di
   const Band kq = full ? NO_BAND : Band{NONE, -diag, NONE};   // dV, dK: key row j sees queries from j - diag
   const Band qk = full ? NO_BAND : Band{NONE, -NONE, diag};   // dQ: query row i sees keys up to i + diag
   O.gemm(nkr, nqc, D, W.k.p, W.k.ld, W.Qt.data(), BQ, S, BQ, false, st);
-  apply_mask(S, nq, nk, W.mask.data(), full);
+  apply_mask(S, diag, nq, 0, nk, W.mask.data(), kind);
   O.gemm(nkr, nqc, D, W.v.p, W.v.ld, W.dOt.data(), BQ, dP, BQ, false, st);
-  O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data());
+  O.p_ds(S, dP, BQ, nkr, nqc, W.L.data(), W.Di.data(), full ? NONE : diag);
   if (dV) O.gemm(nkr, Dp, nq, S, BQ, W.dout.p, W.dout.ld, dV, Dp, true, kq);
   if (dK) O.gemm(nkr, Dp, nq, dP, BQ, W.q.p, W.q.ld, dK, Dp, true, kq);
-  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk);
+  if (dQ) O.gemm_tn(nqr, Dp, nk, dP, BQ, W.k.p, W.k.ld, dQ, Dp, true, qk, nullptr);
 }
 
 void write_rows(float* dst, size_t stride, const float* src, int Dp, int n, int D, float alpha) {
@@ -519,10 +621,10 @@ void bwd_one_pass(const Problem& P, BwdScratch& W, int b, int g) {
       std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
       for (int s0 = 0; s0 <= last; s0 += BK) {
         const int nk = std::min(BK, last + 1 - s0);
-        bool full;
-        if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+        const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+        if (kind == SKIP) continue;
         bwd_load_keys(P, W, b, g, s0, nk);
-        bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
+        bwd_tile(P, W, nq, nk, kind, t0 - s0, W.dK.data() + (size_t)s0 * Dp, W.dV.data() + (size_t)s0 * Dp, W.dQ.data());
       }
       write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), Dp, nq, P.D, P.scale);
     }
@@ -542,10 +644,10 @@ void bwd_key_block(const Problem& P, BwdScratch& W, int b, int g, int kb) {
     const int h = g * P.G + hh;
     for (int t0 = kb * BQ; t0 < P.T; t0 += BQ) {  // earlier query blocks cannot see these keys
       const int nq = std::min(BQ, P.T - t0);
-      bool full;
-      if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+      const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+      if (kind == SKIP) continue;
       bwd_load_queries(P, W, b, h, t0, nq);
-      bwd_tile(P, W, nq, nk, full, t0 - s0, W.dK.data(), W.dV.data(), nullptr);
+      bwd_tile(P, W, nq, nk, kind, t0 - s0, W.dK.data(), W.dV.data(), nullptr);
     }
   }
   const size_t kstride = (size_t)P.Hkv * P.D;
@@ -560,10 +662,10 @@ void bwd_query_block(const Problem& P, BwdScratch& W, int b, int h, int qb) {
   std::fill(W.dQ.begin(), W.dQ.end(), 0.f);
   for (int s0 = 0; s0 <= last; s0 += BK) {
     const int nk = std::min(BK, last + 1 - s0);
-    bool full;
-    if (!tile_mask(P, b, t0, nq, s0, nk, W.mask.data(), full)) continue;
+    const MaskKind kind = tile_mask(P, b, t0, nq, s0, nk, W.mask.data());
+    if (kind == SKIP) continue;
     bwd_load_keys(P, W, b, g, s0, nk);
-    bwd_tile(P, W, nq, nk, full, t0 - s0, nullptr, nullptr, W.dQ.data());
+    bwd_tile(P, W, nq, nk, kind, t0 - s0, nullptr, nullptr, W.dQ.data());
   }
   write_rows(P.dq + P.qrow(b, t0, h), (size_t)P.H * P.D, W.dQ.data(), P.Dp, nq, P.D, P.scale);
 }
