@@ -76,6 +76,38 @@ AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* 
   }
 }
 
+#if AJ_GEMM_AVX2
+// Loads 8 values from each of the 8 rows src[0..7] at offset k (f32, or bf16 widened), transposes the 8 x 8
+// block in registers and stores it as 8 rows of 8 floats, `ld` floats apart: out[i * ld + j] = src[j][k + i].
+template <typename T>
+AJ_TARGET inline void transpose8_store(const T* const* src, long k, float* out, long ld) {
+  __m256 r[8];
+  for (int j = 0; j < 8; j++) {
+    if constexpr (sizeof(T) == 2)
+      r[j] = _mm256_castsi256_ps(
+          _mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)(src[j] + k))), 16));
+    else
+      r[j] = _mm256_loadu_ps((const float*)(src[j] + k));
+  }
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  _mm256_store_ps(out + 0 * ld, _mm256_permute2f128_ps(u0, u4, 0x20));
+  _mm256_store_ps(out + 1 * ld, _mm256_permute2f128_ps(u1, u5, 0x20));
+  _mm256_store_ps(out + 2 * ld, _mm256_permute2f128_ps(u2, u6, 0x20));
+  _mm256_store_ps(out + 3 * ld, _mm256_permute2f128_ps(u3, u7, 0x20));
+  _mm256_store_ps(out + 4 * ld, _mm256_permute2f128_ps(u0, u4, 0x31));
+  _mm256_store_ps(out + 5 * ld, _mm256_permute2f128_ps(u1, u5, 0x31));
+  _mm256_store_ps(out + 6 * ld, _mm256_permute2f128_ps(u2, u6, 0x31));
+  _mm256_store_ps(out + 7 * ld, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+#endif
+
 template <int NR, typename T>
 AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* __restrict out) {
   if (B.cs == 1) {  // rows of op(B) contiguous (no transB): read nc values per k, deal them to the panels
@@ -112,6 +144,18 @@ AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* 
     if (B.rs == 1) {  // columns of op(B) contiguous (transB): n read streams
       const T* cols[NR];
       for (int j = 0; j < NR; j++) cols[j] = base + (j < n ? j : 0) * B.cs;
+#if AJ_GEMM_AVX2
+      if (n == NR && NR % 8 == 0) {  // 8 x 8 blocks transposed in registers
+        int k = 0;
+        for (; k + 8 <= kc; k += 8)
+          for (int g = 0; g < NR; g += 8) transpose8_store<T>(cols + g, k, out + (long)k * NR + g, NR);
+        for (; k < kc; k++) {
+          float* o = out + (long)k * NR;
+          for (int j = 0; j < NR; j++) o[j] = widen(cols[j][k]);
+        }
+        continue;
+      }
+#endif
       if (n == NR) {
         for (int k = 0; k < kc; k++) {
           float* o = out + (long)k * NR;
