@@ -172,6 +172,15 @@ AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* 
 #if AJ_GEMM_AVX2
       if (n == NR && NR % 8 == 0) {  // 8 x 8 blocks transposed in registers
         int k = 0;
+        if constexpr (sizeof(T) == 2) {  // bf16 weights: prefetch the next panel's columns, a line each per 32 k
+          if (jr + 2 * NR <= nc) {       // (from DRAM 1.4x faster; f32 measured no better when B sits in L3)
+            for (; k + 8 <= kc; k += 8) {
+              if ((k & 31) == 0)
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char*)(cols[j] + NR * B.cs + k), _MM_HINT_T0);
+              for (int g = 0; g < NR; g += 8) transpose8_store<T>(cols + g, k, out + (long)k * NR + g, NR);
+            }
+          }
+        }
         for (; k + 8 <= kc; k += 8)
           for (int g = 0; g < NR; g += 8) transpose8_store<T>(cols + g, k, out + (long)k * NR + g, NR);
         for (; k < kc; k++) {
