@@ -29,15 +29,56 @@
 
 constexpr int MR_W = 6, NR_W = 16;  // wide kernel: 6 rows x 16 columns, 12 ymm accumulators
 constexpr int MR_S = 12, NR_S = 8;  // skinny kernel (N <= 8): 12 rows x 8 columns, 12 ymm accumulators
-constexpr int KC = 256;             // depth of a packed block: a 16 x 256 B panel is 16 KiB (half of L1)
-constexpr int MC = 144;             // rows of A per packed block: 144 x 256 x 4 = 144 KiB (L2 is 512 KiB)
-constexpr int NC = 2048;            // columns of B per packed block: 256 x 2048 x 4 = 2 MiB (L3)
+constexpr int KC = 384;             // depth of a packed block: a 16 x 384 B panel is 24 KiB (of 32 KiB L1)
+constexpr int MC = 144;             // rows of A per packed block: 144 x 384 x 4 = 216 KiB (L2 is 512 KiB)
+constexpr int NC = 2048;            // columns of B per packed block: 384 x 2048 x 4 = 3 MiB (L3)
 static_assert(MC % MR_W == 0 && MC % MR_S == 0, "MC must be a multiple of both MR");
 
 // ------------------------------------------------------------------------------------------------
 // Packing. A panel (MR rows x kc) is stored k-major: out[k * MR + r]; rows past m are zero.
 // A B panel (kc x NR columns) is stored k-major: out[k * NR + j]; columns past n are zero.
 // ------------------------------------------------------------------------------------------------
+#if AJ_GEMM_AVX2
+// 8 consecutive values as floats (bf16 widened).
+template <typename T>
+AJ_TARGET inline __m256 load8(const T* p) {
+  if constexpr (sizeof(T) == 2)
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(_mm_loadu_si128((const __m128i*)p)), 16));
+  else
+    return _mm256_loadu_ps((const float*)p);
+}
+
+// In-register 8 x 8 transpose: r[i][j] becomes r[j][i].
+AJ_TARGET inline void transpose8(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+
+// Loads 8 values from each of the 8 rows src[0..7] at offset k, transposes the 8 x 8 block and stores
+// it as 8 rows of 8 floats `ld` apart (32-byte aligned): out[i * ld + j] = src[j][k + i].
+template <typename T>
+AJ_TARGET inline void transpose8_store(const T* const* src, long k, float* out, long ld) {
+  __m256 r[8];
+  for (int j = 0; j < 8; j++) r[j] = load8(src[j] + k);
+  transpose8(r);
+  for (int i = 0; i < 8; i++) _mm256_store_ps(out + i * ld, r[i]);
+}
+#endif
+
 template <int MR, typename T>
 AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* __restrict out) {
   if (A.rs == 1) {  // op(A) columns contiguous (transA): read mc values per k, deal them to the panels
@@ -63,7 +104,23 @@ AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* 
     if (A.cs == 1 && m == MR) {  // rows contiguous: MR read streams, one write stream
       const T* rows[MR];
       for (int r = 0; r < MR; r++) rows[r] = base + r * A.rs;
-      for (int k = 0; k < kc; k++) {
+      int k0 = 0;
+#if AJ_GEMM_AVX2
+      if constexpr (MR == 6) {  // 8 k at a time: 6 rows (and 2 zero rows) transposed in registers
+        for (; k0 + 8 <= kc; k0 += 8) {
+          __m256 v[8];
+          for (int r = 0; r < 6; r++) v[r] = load8(rows[r] + k0);
+          v[6] = v[7] = _mm256_setzero_ps();
+          transpose8(v);
+          float* o = out + (long)k0 * 6;
+          for (int i = 0; i < 8; i++) {
+            _mm_storeu_ps(o + i * 6, _mm256_castps256_ps128(v[i]));
+            _mm_storel_pi((__m64*)(o + i * 6 + 4), _mm256_extractf128_ps(v[i], 1));
+          }
+        }
+      }
+#endif
+      for (int k = k0; k < kc; k++) {
         float* o = out + (long)k * MR;
         for (int r = 0; r < MR; r++) o[r] = widen(rows[r][k]);
       }
@@ -112,6 +169,27 @@ AJ_TARGET void pack_b(const Mat<T>& B, long p0, int kc, long j0, int nc, float* 
     if (B.rs == 1) {  // columns of op(B) contiguous (transB): n read streams
       const T* cols[NR];
       for (int j = 0; j < NR; j++) cols[j] = base + (j < n ? j : 0) * B.cs;
+#if AJ_GEMM_AVX2
+      if (n == NR && NR % 8 == 0) {  // 8 x 8 blocks transposed in registers
+        int k = 0;
+        if constexpr (sizeof(T) == 2) {  // bf16 weights: prefetch the next panel's columns, a line each per 32 k
+          if (jr + 2 * NR <= nc) {       // (from DRAM 1.4x faster; f32 measured no better when B sits in L3)
+            for (; k + 8 <= kc; k += 8) {
+              if ((k & 31) == 0)
+                for (int j = 0; j < NR; j++) _mm_prefetch((const char*)(cols[j] + NR * B.cs + k), _MM_HINT_T0);
+              for (int g = 0; g < NR; g += 8) transpose8_store<T>(cols + g, k, out + (long)k * NR + g, NR);
+            }
+          }
+        }
+        for (; k + 8 <= kc; k += 8)
+          for (int g = 0; g < NR; g += 8) transpose8_store<T>(cols + g, k, out + (long)k * NR + g, NR);
+        for (; k < kc; k++) {
+          float* o = out + (long)k * NR;
+          for (int j = 0; j < NR; j++) o[j] = widen(cols[j][k]);
+        }
+        continue;
+      }
+#endif
       if (n == NR) {
         for (int k = 0; k < kc; k++) {
           float* o = out + (long)k * NR;
@@ -413,6 +491,39 @@ AJ_TARGET void small_gemm(int M, int N, int K, float alpha, const Mat<float>& A,
 // ------------------------------------------------------------------------------------------------
 // Driver
 // ------------------------------------------------------------------------------------------------
+// The ic loop of one packed B block (kc x nc at (pc, jc), in Bp): rows [m0, m1) of C in A blocks of
+// mc_step rows, each packed into Ap. be: beta for this K block (beta on the first, 1 after).
+template <int MR, int NR, typename TA>
+void block_rows(const Mat<TA>& A, float alpha, float be, float* C, long rsc, long csc, int m0, int m1, int mc_step,
+                int pc, int kc, int jc, int nc, const float* Bp, float* Ap) {
+  for (int ic = m0; ic < m1; ic += mc_step) {
+    const int mc = std::min(mc_step, m1 - ic);
+    pack_a<MR, TA>(A, ic, mc, pc, kc, Ap);
+    auto tile = [&](int ir, int jr) {
+      const int m = std::min(MR, mc - ir), n = std::min(NR, nc - jr);
+      float* cc = C + (long)(ic + ir) * rsc + (long)(jc + jr) * csc;
+      if constexpr (MR == MR_W)
+        ukr_w(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
+      else
+        ukr_s(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
+    };
+    if (kc >= 32) {  // B micro-panel stays in L1 while A micro-panels stream from L2
+      for (int jr = 0; jr < nc; jr += NR)
+        for (int ir = 0; ir < mc; ir += MR) tile(ir, jr);
+    } else {  // tiny K: the C traffic dominates, so sweep C row by row (contiguous runs)
+      for (int ir = 0; ir < mc; ir += MR)
+        for (int jr = 0; jr < nc; jr += NR) tile(ir, jr);
+    }
+  }
+}
+
+// Rows of A per packed block for the M range [m0, m1): MC, balanced so that the last block is not tiny.
+template <int MR>
+int mc_for(int m0, int m1) {
+  const int mb = ceil_div(m1 - m0, MC);
+  return round_up(ceil_div(m1 - m0, mb), MR);
+}
+
 template <int MR, int NR, typename TA, typename TB>
 void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>& B, float beta, float* C, long rsc,
                long csc, int m0, int m1, int n0, int n1) {
@@ -421,8 +532,7 @@ void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>
   static thread_local Buf abuf, bbuf;
   const int kb = ceil_div(K, KC);
   const int kc_step = ceil_div(K, kb);  // depends on K only: same blocks (and sums) on every thread
-  const int mb = ceil_div(m1 - m0, MC);
-  const int mc_step = round_up(ceil_div(m1 - m0, mb), MR);
+  const int mc_step = mc_for<MR>(m0, m1);
   const int nc_cap = NC;  // (a smaller block for small M, to stay in L2, measured slower: shorter reads of B)
   float* Bp = bbuf.get((size_t)kc_step * round_up(std::min(nc_cap, n1 - n0), NR));
   float* Ap = abuf.get((size_t)kc_step * mc_step);
@@ -430,27 +540,8 @@ void run_range(int M, int N, int K, float alpha, const Mat<TA>& A, const Mat<TB>
     const int nc = std::min(nc_cap, n1 - jc);
     for (int pc = 0; pc < K; pc += kc_step) {
       const int kc = std::min(kc_step, K - pc);
-      const float be = pc == 0 ? beta : 1.f;
       pack_b<NR, TB>(B, pc, kc, jc, nc, Bp);
-      for (int ic = m0; ic < m1; ic += mc_step) {
-        const int mc = std::min(mc_step, m1 - ic);
-        pack_a<MR, TA>(A, ic, mc, pc, kc, Ap);
-        auto tile = [&](int ir, int jr) {
-          const int m = std::min(MR, mc - ir), n = std::min(NR, nc - jr);
-          float* cc = C + (long)(ic + ir) * rsc + (long)(jc + jr) * csc;
-          if constexpr (MR == MR_W)
-            ukr_w(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
-          else
-            ukr_s(kc, Ap + (long)ir * kc, Bp + (long)jr * kc, cc, rsc, csc, m, n, alpha, be);
-        };
-        if (kc >= 32) {  // B micro-panel stays in L1 while A micro-panels stream from L2
-          for (int jr = 0; jr < nc; jr += NR)
-            for (int ir = 0; ir < mc; ir += MR) tile(ir, jr);
-        } else {  // tiny K: the C traffic dominates, so sweep C row by row (contiguous runs)
-          for (int ir = 0; ir < mc; ir += MR)
-            for (int jr = 0; jr < nc; jr += NR) tile(ir, jr);
-        }
-      }
+      block_rows<MR, NR, TA>(A, alpha, pc == 0 ? beta : 1.f, C, rsc, csc, m0, m1, mc_step, pc, kc, jc, nc, Bp, Ap);
     }
   }
 }
