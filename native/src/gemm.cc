@@ -16,9 +16,10 @@
 // they have not been run or measured on AVX-512 hardware here.
 //
 // Shapes: M*N*K < 32768 takes a plain loop (no packing, no threads). Some skinny shapes are solved
-// transposed (see gemm() below). N <= 8 (LoRA's rank-r shapes) takes the 12x8 kernels of the AVX2 flavour
-// on AVX-512 machines too (a 16-lane zmm would carry half empty lanes), which reads A unpacked when its
-// rows are contiguous; the other shapes take the wide kernel of the chosen flavour.
+// transposed (see gemm() below). N <= 8 (LoRA's rank-r shapes) takes the AVX2 flavour on AVX-512 machines
+// too (a 16-lane zmm would carry half empty lanes): when the rows of A are contiguous, dot products of
+// each row of A with the 8 rows of op(B)^T, reading A once and unpacked (run_direct); else the 12x8
+// kernel. The other shapes take the wide kernel of the chosen flavour.
 #include <napi.h>
 
 #include <algorithm>
