@@ -1,5 +1,5 @@
 /**
- * npm run bench -- gemm [--no-torch] [--no-4096] [--torch-max-seconds S]
+ * npm run bench -- gemm [--no-torch] [--no-4096] [--torch-max-seconds S] [--rounds R (2)]
  *
  * GFLOP/s (median of several runs) of the native gemm / gemmBf16 on square sizes 256..4096 and on the
  * LoRA rank-8 shapes of a 4096-wide layer with 4096 tokens (forward and backward; the two weight gradients dA, dB
@@ -7,6 +7,9 @@
  * the same shapes (bench/torch_gemm.py, run with OPENBLAS_CORETYPE / OPENBLAS_L2_SIZE removed from its
  * environment) when /usr/bin/python3 has torch, and the fraction of this CPU's FMA peak
  * (the addon's fmaPeak: a register-only FMA loop on every pool thread).
+ * The two sides run in alternating rounds (ajuste, torch, ajuste, torch, ...) and each figure is the best
+ * round's median: this shared machine has good and bad minutes (the same binary measured 88 and 178 GFLOP/s
+ * on 1024³ ten minutes apart), and one round each would compare one side's good minute with the other's bad.
  */
 import { spawnSync } from 'node:child_process';
 import { dirname, join } from 'node:path';
@@ -141,17 +144,36 @@ export default function main(args: string[] = []): void {
   const peak = median(peaks);
   console.log(`ajuste gemm bench: ${addon.gemmIsa()}, ${threads} threads, FMA peak ${peak.toFixed(1)} GFLOP/s (fmaPeak, median of 3)`);
 
+  const ri = args.indexOf('--rounds');
+  const rounds = Math.max(1, ri >= 0 ? Number(args[ri + 1]) : 2);
   const rng = new Rng(7);
   const ours = new Map<string, { wall: number; cpu: number }>();
-  for (const s of list) ours.set(s.name, timeOurs(addon, s, rng, threads));
-
-  const torch = flag('--no-torch') ? 'disabled (--no-torch)' : runTorch(list, maxSeconds);
+  let torch: TorchOut | string = flag('--no-torch') ? 'disabled (--no-torch)' : 'not run';
+  for (let round = 0; round < rounds; round++) {
+    for (const s of list) {
+      const g = timeOurs(addon, s, rng, threads);
+      const prev = ours.get(s.name);
+      ours.set(s.name, prev ? { wall: Math.max(prev.wall, g.wall), cpu: Math.max(prev.cpu, g.cpu) } : g);
+    }
+    if (flag('--no-torch')) continue;
+    const t = runTorch(list, maxSeconds);
+    if (typeof t === 'string') {
+      torch = t;
+      break;
+    }
+    if (typeof torch === 'string') torch = t;
+    else
+      for (const [name, r] of Object.entries(t.results)) {
+        const p = torch.results[name];
+        if (p?.gflops !== undefined && r.gflops !== undefined && r.gflops > p.gflops) torch.results[name] = r;
+      }
+  }
   if (typeof torch === 'string') console.log(`torch: ${torch}`);
   else
     console.log(`torch ${torch.torch}, ${torch.threads} threads, BLAS: ${torch.blas.join(', ') || 'unknown'}; bf16 = torch.mm of two bf16 tensors`);
 
   const head = `${'shape (MxNxK)'.padEnd(30)} ${'ajuste'.padStart(8)} ${'% peak'.padStart(7)} ${'(cpu)'.padStart(8)} ${'torch'.padStart(8)} ${'(cpu)'.padStart(8)} ${'ajuste/torch'.padStart(12)}`;
-  console.log(`\nGFLOP/s, median of runs: wall clock; (cpu) = by CPU time / threads, i.e. unaffected by other processes`);
+  console.log(`\nGFLOP/s, the best of ${rounds} alternating rounds, each the median of its runs: wall clock; (cpu) = by CPU time / threads`);
   console.log(`${head}\n${'-'.repeat(head.length)}`);
   for (const s of list) {
     const g = ours.get(s.name)!;
