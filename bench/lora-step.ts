@@ -35,8 +35,8 @@ export function loraTrainStep(model: CausalLM, vocabSize: number, rng: Rng): { s
   return { step, params };
 }
 
-/** Runs `step` once to warm up, then `steps` times; the median seconds of one step. */
-export function medianStepSeconds(step: () => void, steps: number): number {
+/** Runs `step` once to warm up, then `steps` times; the median and the best seconds of one step. */
+export function timeSteps(step: () => void, steps: number): { median: number; best: number } {
   step();
   const times: number[] = [];
   for (let i = 0; i < steps; i++) {
@@ -45,7 +45,7 @@ export function medianStepSeconds(step: () => void, steps: number): number {
     times.push((performance.now() - t) / 1000);
   }
   times.sort((a, b) => a - b);
-  return times[Math.floor(times.length / 2)]!;
+  return { median: times[Math.floor(times.length / 2)]!, best: times[0]! };
 }
 
 /** Peak resident set of this process (VmHWM), MB. */

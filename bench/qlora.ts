@@ -21,7 +21,7 @@ import { LoraLinear } from '../src/peft/lora.js';
 import { Linear4bit } from '../src/quant/linear4bit.js';
 import { quantizeModelFolder } from '../src/quant/quantize-model.js';
 import { Rng } from '../src/tensor/rng.js';
-import { BENCH_B, BENCH_T, loraTrainStep, medianStepSeconds, peakRssMb } from './lora-step.js';
+import { BENCH_B, BENCH_T, loraTrainStep, timeSteps, peakRssMb } from './lora-step.js';
 import { SHAPES } from './shapes.js';
 import { runTorch } from './torch.js';
 
@@ -47,7 +47,7 @@ function child(dir: string, steps: number): void {
     }
   }
   const { step } = loraTrainStep(model, config.vocabSize, new Rng(0));
-  const median = medianStepSeconds(step, steps);
+  const { median } = timeSteps(step, steps);
   const wrapped = model.namedModules().filter(([, m]) => m instanceof LoraLinear).length;
   console.log(
     JSON.stringify({
