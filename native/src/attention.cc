@@ -31,6 +31,8 @@
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <immintrin.h>
+
+#include "avx2_transpose.h"
 #define AJ_X86 1
 #endif
 
@@ -287,26 +289,6 @@ AJ_AVX2 void p_ds_avx2(float* S, float* dP, int ld, int rows, int cols, const fl
   }
 }
 
-// x[0..7] (8 rows of 8) <- their transpose.
-AJ_AVX2 inline __attribute__((always_inline)) void transpose8x8(__m256* x) {
-  const __m256 t0 = _mm256_unpacklo_ps(x[0], x[1]), t1 = _mm256_unpackhi_ps(x[0], x[1]),
-               t2 = _mm256_unpacklo_ps(x[2], x[3]), t3 = _mm256_unpackhi_ps(x[2], x[3]),
-               t4 = _mm256_unpacklo_ps(x[4], x[5]), t5 = _mm256_unpackhi_ps(x[4], x[5]),
-               t6 = _mm256_unpacklo_ps(x[6], x[7]), t7 = _mm256_unpackhi_ps(x[6], x[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
-               u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
-               u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
-               u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  x[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  x[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  x[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  x[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  x[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  x[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  x[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  x[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 // dst[c * BQ + r] = alpha * src[r * stride + c] for r < n8, c < D8 (multiples of 8), by 8x8 blocks.
 AJ_AVX2 void transpose8_avx2(float* dst, const float* src, size_t stride, int n8, int D8, float alpha) {
   const __m256 al = _mm256_set1_ps(alpha);
@@ -314,7 +296,7 @@ AJ_AVX2 void transpose8_avx2(float* dst, const float* src, size_t stride, int n8
     for (int c = 0; c < D8; c += 8) {
       __m256 x[8];
       for (int k = 0; k < 8; k++) x[k] = _mm256_loadu_ps(src + (r + k) * stride + c);
-      transpose8x8(x);
+      ajuste::transpose8x8(x);
       float* d = dst + (size_t)c * BQ + r;
       for (int k = 0; k < 8; k++) _mm256_storeu_ps(d + k * BQ, _mm256_mul_ps(al, x[k]));
     }
@@ -330,7 +312,7 @@ AJ_AVX2 void rowdot8_avx2(float* out, const float* a, const float* b, size_t str
         const size_t o = (r + k) * stride + c;
         x[k] = _mm256_mul_ps(_mm256_loadu_ps(a + o), _mm256_loadu_ps(b + o));
       }
-      transpose8x8(x);
+      ajuste::transpose8x8(x);
       for (int k = 0; k < 8; k++) sum = _mm256_add_ps(sum, x[k]);
     }
     _mm256_storeu_ps(out + r, sum);

@@ -43,6 +43,8 @@
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
 #include <immintrin.h>
+
+#include "avx2_transpose.h"
 #define AJ_GEMM_X86 1
 #endif
 

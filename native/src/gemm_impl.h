@@ -48,33 +48,13 @@ AJ_TARGET inline __m256 load8(const T* p) {
     return _mm256_loadu_ps((const float*)p);
 }
 
-// In-register 8 x 8 transpose: r[i][j] becomes r[j][i].
-AJ_TARGET inline void transpose8(__m256 (&r)[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-
 // Loads 8 values from each of the 8 rows src[0..7] at offset k, transposes the 8 x 8 block and stores
 // it as 8 rows of 8 floats `ld` apart (32-byte aligned): out[i * ld + j] = src[j][k + i].
 template <typename T>
 AJ_TARGET inline void transpose8_store(const T* const* src, long k, float* out, long ld) {
   __m256 r[8];
   for (int j = 0; j < 8; j++) r[j] = load8(src[j] + k);
-  transpose8(r);
+  ajuste::transpose8x8(r);
   for (int i = 0; i < 8; i++) _mm256_store_ps(out + i * ld, r[i]);
 }
 #endif
@@ -111,7 +91,7 @@ AJ_TARGET void pack_a(const Mat<T>& A, long i0, int mc, long p0, int kc, float* 
           __m256 v[8];
           for (int r = 0; r < 6; r++) v[r] = load8(rows[r] + k0);
           v[6] = v[7] = _mm256_setzero_ps();
-          transpose8(v);
+          ajuste::transpose8x8(v);
           float* o = out + (long)k0 * 6;
           for (int i = 0; i < 8; i++) {
             _mm_storeu_ps(o + i * 6, _mm256_castps256_ps128(v[i]));
