@@ -68,3 +68,20 @@ export function expectClose(actual: ArrayLike<number>, expected: ArrayLike<numbe
   }
   if (!(worst <= tol)) expect.fail(`${what}: max error ${worst} at ${at} (${actual[at]} vs ${expected[at]}) exceeds ${tol}`);
 }
+
+/**
+ * A kernel's C [M, ldc] against a reference: the first N columns of each row within
+ * 1e-5 (1 + |ref|) sqrt(K + 1) (an f32 sum of K terms), the padding columns N..ldc untouched (as in C0).
+ */
+export function expectGemmResult(got: Float32Array, ref: Float32Array, C0: Float32Array, M: number, N: number, K: number, ldc: number, what: string): void {
+  for (let i = 0; i < M; i++) {
+    for (let j = 0; j < ldc; j++) {
+      const x = got[i * ldc + j]!, y = ref[i * ldc + j]!;
+      if (j >= N) {
+        expect(Object.is(x, C0[i * ldc + j]!), `${what}: padding (${i},${j}) changed`).toBe(true);
+        continue;
+      }
+      expect(Math.abs(x - y), `${what} at (${i},${j}): ${x} vs ${y}`).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(y)) * Math.sqrt(K + 1));
+    }
+  }
+}
