@@ -275,14 +275,15 @@ describe('native gemm argument checks', () => {
 });
 
 // AJUSTE_THREADS is read once per process, so each thread count runs in a child process that hashes
-// the results of gemms covering the N split, the M split, the N <= 8 kernels and the transposed paths.
+// the results of gemms covering the dynamic N split, the dynamic M split (one and three K blocks), the
+// static M split (op(B) too big to pack whole per thread), the N <= 8 kernels and the transposed paths.
 const CHILD = `
 const crypto = require('node:crypto');
 const a = require(process.argv[1]);
 let s = 12345;
 const rnd = (n) => { const x = new Float32Array(n); for (let i = 0; i < n; i++) { s = (s * 1103515245 + 12345) >>> 0; x[i] = s / 2 ** 32 - 0.5; } return x; };
 const h = crypto.createHash('sha256');
-for (const [tA, tB, M, N, K] of [[false, false, 300, 301, 299], [false, true, 37, 900, 260], [true, false, 1000, 40, 300], [false, true, 700, 8, 520], [false, false, 1001, 5, 777], [true, false, 700, 8, 520], [true, false, 8, 600, 700], [false, true, 8, 600, 700], [false, false, 500, 500, 8]]) {
+for (const [tA, tB, M, N, K] of [[false, false, 300, 301, 299], [false, true, 37, 900, 260], [true, false, 1000, 40, 300], [false, true, 700, 8, 520], [false, false, 1001, 5, 777], [true, false, 700, 8, 520], [true, false, 8, 600, 700], [false, true, 8, 600, 700], [false, false, 500, 500, 8], [false, true, 520, 100, 800], [false, false, 2000, 1000, 1600]]) {
   const A = rnd(M * K), B = rnd(K * N), C = rnd(M * N);
   a.gemm(tA, tB, M, N, K, 0.75, A, tA ? M : K, B, tB ? K : N, 0.5, C, N);
   h.update(Buffer.from(C.buffer));
@@ -324,15 +325,16 @@ describe('native gemm instruction set choice', () => {
 });
 
 describe('native gemm threads', () => {
-  it('AJUSTE_THREADS=1 and =2 give bitwise identical results', () => {
+  it('AJUSTE_THREADS=1, 2 and 3 give bitwise identical results', () => {
     addon();
     const file = join(process.cwd(), 'build', 'Release', 'ajuste_native.node');
-    const out = ['1', '2'].map((t) => {
+    const out = ['1', '2', '3'].map((t) => {
       const r = spawnSync(process.execPath, ['-e', CHILD, file], { env: { ...process.env, AJUSTE_THREADS: t }, encoding: 'utf8' });
       expect(r.status, r.stderr).toBe(0);
       return JSON.parse(r.stdout.trim()) as { threads: number; hash: string };
     });
-    expect(out.map((o) => o.threads)).toEqual([1, 2]);
-    expect(out[0]!.hash).toBe(out[1]!.hash);
+    expect(out.map((o) => o.threads)).toEqual([1, 2, 3]);
+    expect(out[1]!.hash).toBe(out[0]!.hash);
+    expect(out[2]!.hash).toBe(out[0]!.hash);
   });
 });
