@@ -162,6 +162,17 @@ describe('native pointwise kernels', () => {
             for (let r = 0; r < rows; r++) if (labels[3 + r] === -100) expect(gN.subarray(r * V, (r + 1) * V).every((v) => v === 0)).toBe(true);
             // without grad: same loss
             expect(k.crossEntropyRows(logits, labels, 3, rows, V, null)).toBe(lN);
+            // per-row losses (DPO's sequence log-probabilities): they sum to the total; 0 on ignored rows
+            const rN = new Float64Array(rows).fill(Number.NaN), rJ = new Float64Array(rows).fill(Number.NaN);
+            expect(k.crossEntropyRows(logits, labels, 3, rows, V, null, rN)).toBe(lN);
+            jsKernels.crossEntropyRows(logits, labels, 3, rows, V, null, rJ);
+            expect(rN.reduce((a, b) => a + b, 0)).toBeCloseTo(lN, 9);
+            for (let r = 0; r < rows; r++) {
+              if (labels[3 + r] === -100) expect(rN[r]).toBe(0);
+              expect(Math.abs(rN[r]! - rJ[r]!), `row ${r}`).toBeLessThan(1e-5 * (1 + Math.abs(rJ[r]!)));
+            }
+            expect(() => k.crossEntropyRows(logits, labels, 3, rows, V, null, new Float64Array(rows - 1))).toThrow(/rowLoss has/);
+            expect(() => k.crossEntropyRows(logits, labels, 3, rows, V, null, new Float32Array(rows) as unknown as Float64Array)).toThrow(/Float64Array/);
             // in place (grad === logits), as linearCrossEntropy calls it
             const inPlace = logits.slice();
             expect(k.crossEntropyRows(inPlace, labels, 3, rows, V, inPlace)).toBe(lN);

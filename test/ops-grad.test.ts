@@ -1,12 +1,12 @@
-import { describe, it } from 'vitest';
+import { describe, expect, it } from 'vitest';
 import { geluErf, geluTanh, silu, softmax, swiglu } from '../src/nn/ops/activations.js';
-import { crossEntropy, linearCrossEntropy } from '../src/nn/ops/loss.js';
+import { crossEntropy, linearCrossEntropy, linearSequenceLogProbs } from '../src/nn/ops/loss.js';
 import { layerNorm, rmsNorm } from '../src/nn/ops/norm.js';
 import { rope, ropeTables } from '../src/nn/ops/rope.js';
 import { add, embedding, linear, matmul, mean, mul, permute, scale, sub, sum } from '../src/tensor/ops.js';
 import { Rng } from '../src/tensor/rng.js';
 import { Tensor } from '../src/tensor/tensor.js';
-import { gradCheck, randTensor } from './helpers.js';
+import { expectClose, gradCheck, randTensor } from './helpers.js';
 
 const rng = new Rng(7);
 const r = (...shape: number[]) => randTensor(rng, shape);
@@ -76,6 +76,24 @@ describe('finite-difference gradients (f64, js kernels)', () => {
     const labels = Int32Array.from([2, -100, 0, 4, -100, -100, 1]);
     gradCheck(([h, w]) => linearCrossEntropy(h!, w!, labels, { chunkTokens: 2 }), [r(7, 3), r(6, 3)]);
     gradCheck(([h, w]) => crossEntropy(matmul(h!, w!, { transB: true }), labels), [r(7, 3), r(6, 3)]);
+  });
+  it('per-sequence log-probabilities (DPO): minus the summed cross-entropy of each sequence, with gradients', () => {
+    const labels = Int32Array.from([2, -100, 0, 4, -100, 3, 1, -100]);
+    const seq = Int32Array.from([0, 0, 2, 2, 1, 2, 0, -1]);
+    gradCheck(([h, w]) => linearSequenceLogProbs(h!, w!, labels, seq, 3, { chunkTokens: 3 }), [r(8, 3), r(6, 3)]);
+    const [h, w] = [r(8, 3), r(6, 3)];
+    const got = linearSequenceLogProbs(h, w, labels, seq, 3, { chunkTokens: 3 });
+    const want = [0, 0, 0];
+    for (let i = 0; i < 8; i++) {
+      if (labels[i] === -100) continue;
+      const one = new Int32Array(8).fill(-100);
+      one[i] = labels[i]!;
+      want[seq[i]!]! -= crossEntropy(matmul(h, w, { transB: true }), one, { reduction: 'sum' }).item();
+    }
+    expectClose(got.f, want, 1e-12, 'log-probabilities');
+    // sequence 1 has no scored token, so its log-probability is 0
+    expect(got.f[1]).toBe(0);
+    expect(() => linearSequenceLogProbs(h, w, labels, Int32Array.from([0, 0, 2, 2, 1, 3, 0, -1]), 3)).toThrow(/row 5 has sequence id 3 outside \[0, 3\)/);
   });
 });
 

@@ -613,6 +613,17 @@ Napi::Value CrossEntropyRows(const Napi::CallbackInfo& info) {
     const float* x = f32(info, 0, fn, "logits", n);
     const int32_t* labels = i32(info, 1, fn, "labels", (size_t)(off + rows));
     float* g = f32(info, 5, fn, "grad", n, true);
+    double* row_loss = nullptr;  // optional 7th argument: each row's loss (0 for ignored rows)
+    if (info.Length() > 6 && !info[6].IsNull() && !info[6].IsUndefined()) {
+      const Napi::Value v = info[6];
+      if (!v.IsTypedArray() || v.As<Napi::TypedArray>().TypedArrayType() != napi_float64_array)
+        throw ArgError{std::string(fn) + ": argument 7 (rowLoss) must be a Float64Array, null or absent"};
+      Napi::Float64Array a = v.As<Napi::Float64Array>();
+      if (a.ElementLength() < (size_t)rows)
+        throw ArgError{std::string(fn) + ": rowLoss has " + std::to_string(a.ElementLength()) + " elements, needs " +
+                       std::to_string(rows)};
+      row_loss = a.Data();
+    }
     for (long r = 0; r < rows; r++) {
       const int32_t y = labels[off + r];
       if (y != IGNORE_INDEX && (y < 0 || y >= V)) {
@@ -637,6 +648,7 @@ Napi::Value CrossEntropyRows(const Napi::CallbackInfo& info) {
     });
     double total = 0;
     for (double l : loss) total += l;
+    if (row_loss) std::memcpy(row_loss, loss.data(), sizeof(double) * rows);
     return Napi::Number::New(env, total);
   });
 }

@@ -100,10 +100,12 @@ export interface Kernels {
    * and grad [rows, V] receives d(row loss)/d(logits) = softmax(row) - onehot(label).
    * grad may be the logits buffer itself (the gradient is then written in place). Returns the summed
    * loss (accumulated in f64). Throws on a label outside [0, V) other than -100; rows that are not
-   * finite (NaN or +-Infinity in the max) give a NaN loss.
+   * finite (NaN or +-Infinity in the max) give a NaN loss. rowLoss, when given, receives each row's loss
+   * (0 for an ignored row): the per-sequence log-probabilities of DPO are sums of them.
    */
   crossEntropyRows(
     logits: Float32Array, labels: Int32Array, labelOffset: number, rows: number, V: number, grad: Float32Array | null,
+    rowLoss?: Float64Array | null,
   ): number;
 
   /**

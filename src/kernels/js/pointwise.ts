@@ -21,6 +21,7 @@ function count(fn: string, name: string, n: number): void {
 /** See Kernels.crossEntropyRows. */
 export function crossEntropyRows(
   logits: Floats, labels: Int32Array, labelOffset: number, rows: number, V: number, grad: Floats | null,
+  rowLoss: Float64Array | null = null,
 ): number {
   const fn = 'crossEntropyRows';
   count(fn, 'rows', rows);
@@ -29,10 +30,12 @@ export function crossEntropyRows(
   need(fn, 'logits', logits, rows * V);
   need(fn, 'labels', labels, labelOffset + rows);
   need(fn, 'grad', grad, rows * V);
+  need(fn, 'rowLoss', rowLoss, rows);
   let total = 0;
   for (let r = 0; r < rows; r++) {
     const y = labels[labelOffset + r]!;
     const o = r * V;
+    if (rowLoss) rowLoss[r] = 0;
     if (y === IGNORE_INDEX) {
       if (grad) grad.fill(0, o, o + V);
       continue;
@@ -44,6 +47,7 @@ export function crossEntropyRows(
     for (let j = 0; j < V; j++) s += Math.exp(logits[o + j]! - m);
     const lse = m + Math.log(s);
     total += lse - logits[o + y]!;
+    if (rowLoss) rowLoss[r] = lse - logits[o + y]!;
     if (grad) {
       for (let j = 0; j < V; j++) grad[o + j] = Math.exp(logits[o + j]! - lse);
       grad[o + y]! -= 1;

@@ -29,10 +29,15 @@ function kernelsFor(buf: FloatArray): Kernels {
   return buf instanceof Float64Array ? jsKernels : kernels();
 }
 
-/** Softmax cross-entropy of rows of `logits` against `labels`; writes d(loss_sum)/d(logits) into grad if given. */
-function ceRows(logits: FloatArray, labels: Int32Array, rows: number, V: number, grad: FloatArray | null, labelOffset = 0): number {
+/**
+ * Softmax cross-entropy of rows of `logits` against `labels`; writes d(loss_sum)/d(logits) into grad if given,
+ * and each row's loss into rowLoss if given.
+ */
+function ceRows(
+  logits: FloatArray, labels: Int32Array, rows: number, V: number, grad: FloatArray | null, labelOffset = 0, rowLoss: Float64Array | null = null,
+): number {
   // The kernel types are f32; the js kernels (used for f64) are generic.
-  return kernelsFor(logits).crossEntropyRows(logits as Float32Array, labels, labelOffset, rows, V, grad as Float32Array | null);
+  return kernelsFor(logits).crossEntropyRows(logits as Float32Array, labels, labelOffset, rows, V, grad as Float32Array | null, rowLoss);
 }
 
 /** Cross-entropy of logits [N, V] against labels [N] (ignore_index -100). Returns a scalar. */
@@ -120,6 +125,90 @@ export function linearCrossEntropy(
       }
       if (gw) {
         for (let i = 0; i < gw.length; i++) gw[i]! *= k;
+        addGradOwned(W, gw);
+      }
+    });
+  }
+  return out;
+}
+
+/**
+ * Per-sequence log-probabilities (DPO's log pi(y|x)): out[s] = sum of log softmax(h_i W^T)[labels_i] over the
+ * rows i with seq[i] = s whose label is not -100. h [N, H], W [V, H] (f32/f64, or bf16 frozen), labels [N]
+ * already shifted (row i predicts labels[i]), seq [N] in [0, S). The logits are formed chunk by chunk as in
+ * linearCrossEntropy, and the gradient for h with them (each row's softmax - onehot, times W); backward scales
+ * row i by -g[seq[i]]. A W that trains (full fine-tuning of a tied embedding) gets its gradient in backward
+ * from recomputed logits: a per-row scale cannot be applied to a gradient already summed over rows.
+ */
+export function linearSequenceLogProbs(
+  h: Tensor, W: Tensor, labels: Int32Array, seq: Int32Array, S: number, opts: { chunkTokens?: number } = {},
+): Tensor {
+  const [V, Hd] = [W.dim(0), W.dim(1)];
+  const N = h.size / Hd;
+  if (labels.length !== N || seq.length !== N) throw new Error(`linearSequenceLogProbs: ${labels.length} labels and ${seq.length} sequence ids for ${N} rows`);
+  for (let i = 0; i < N; i++) {
+    if (labels[i] !== IGNORE_INDEX && !(seq[i]! >= 0 && seq[i]! < S)) throw new Error(`linearSequenceLogProbs: row ${i} has sequence id ${seq[i]} outside [0, ${S})`);
+  }
+  const chunk = Math.max(1, Math.min(N, opts.chunkTokens ?? lossChunkRows(N, V)));
+  const wantH = needsGrad(h), wantW = needsGrad(W);
+  const H = h.f;
+  const gh = wantH ? floatLike(H, h.size) : null;
+  const logits = floatLike(H, chunk * V, false);
+  const rowLoss = new Float64Array(chunk);
+  const gemm = gemmFor(H);
+  const gemmB = gemmBf16For(H);
+  const bf = W.dtype === 'bf16';
+  const sums = new Float64Array(S);
+  const chunks: number[] = [];  // first rows of the chunks that have a label
+  const logitsOf = (r0: number, rows: number, lc: FloatArray) => {
+    const hc = H.subarray(r0 * Hd, (r0 + rows) * Hd);
+    if (bf) gemmB(false, true, rows, V, Hd, 1, hc, Hd, W.data as Uint16Array, Hd, 0, lc, V);
+    else gemm(false, true, rows, V, Hd, 1, hc, Hd, W.f, Hd, 0, lc, V);
+  };
+  for (let r0 = 0; r0 < N; r0 += chunk) {
+    const rows = Math.min(chunk, N - r0);
+    let any = false;
+    for (let r = 0; r < rows; r++) if (labels[r0 + r] !== IGNORE_INDEX) any = true;
+    if (!any) continue;
+    chunks.push(r0);
+    const lc = logits.subarray(0, rows * V);
+    logitsOf(r0, rows, lc);
+    ceRows(lc, labels, rows, V, gh ? lc : null, r0, rowLoss);
+    for (let r = 0; r < rows; r++) if (labels[r0 + r] !== IGNORE_INDEX) sums[seq[r0 + r]!]! -= rowLoss[r]!;
+    if (gh) {
+      const ghc = gh.subarray(r0 * Hd, (r0 + rows) * Hd);
+      if (bf) gemmB(false, false, rows, Hd, V, 1, lc, V, W.data as Uint16Array, Hd, 0, ghc, Hd);
+      else gemm(false, false, rows, Hd, V, 1, lc, V, W.f, Hd, 0, ghc, Hd);
+    }
+  }
+  releaseFloat(logits);
+  const out = Tensor.empty([S], h.dtype === 'f64' ? 'f64' : 'f32');
+  out.f.set(sums);
+  if (wantH || wantW) {
+    const scale = (g: FloatArray, i: number) => (labels[i] === IGNORE_INDEX ? 0 : -g[seq[i]!]!);
+    record('linearSequenceLogProbs', [h, W], out, (g) => {
+      if (gh) {
+        for (let i = 0; i < N; i++) {
+          const k = scale(g, i);
+          for (let j = i * Hd; j < (i + 1) * Hd; j++) gh[j]! *= k;
+        }
+        addGradOwned(h, gh);
+      }
+      if (wantW) {
+        const gw = floatLike(H, W.size);
+        const buf = floatLike(H, chunk * V, false);
+        for (const r0 of chunks) {
+          const rows = Math.min(chunk, N - r0);
+          const lc = buf.subarray(0, rows * V);
+          logitsOf(r0, rows, lc);
+          ceRows(lc, labels, rows, V, lc, r0);
+          for (let r = 0; r < rows; r++) {
+            const k = scale(g, r0 + r);
+            for (let j = r * V; j < (r + 1) * V; j++) lc[j]! *= k;
+          }
+          gemm(true, false, V, Hd, rows, 1, lc, V, H.subarray(r0 * Hd, (r0 + rows) * Hd), Hd, 1, gw, Hd);
+        }
+        releaseFloat(buf);
         addGradOwned(W, gw);
       }
     });
