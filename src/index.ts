@@ -21,7 +21,7 @@ export { saveMergedModel, mergedStateDict } from './peft/merge.js';
 // optimisation and training
 export { AdamW, Sgd, clipGradNorm } from './optim/adamw.js';
 export { learningRate } from './optim/schedule.js';
-export { runTrainer, evaluate, type TrainerOptions, type TrainResult } from './train/trainer.js';
+export { runTrainer, evaluate, sftObjective, type Loader, type Objective, type TrainerOptions, type TrainResult } from './train/trainer.js';
 // generation
 export { generate, type GenerateOptions } from './eval/generate.js';
 // data
@@ -39,5 +39,8 @@ export { evaluateFile } from './eval/perplexity.js';
 export { runTraining as train } from './train/run.js';
 export { loadTrainConfig, type TrainConfig } from './train/config.js';
 export { runSft, type SftConfig } from './train/sft.js';
+export { runDpo, dpoObjective, referenceLogProbs, type DpoConfig } from './train/dpo.js';
+export { dpoLoss, DPO_LOSS_TYPES, type DpoLossType } from './train/dpo-loss.js';
+export { PairLoader, type PairBatch } from './data/pairs.js';
 export { resolveModel } from './io/hub.js';
 export { estimateMemory } from './train/memory-estimate.js';

@@ -259,15 +259,20 @@ export class BatchLoader implements Iterable<DataBatch> {
 
   /** The next batch; moves to the next epoch (reshuffled) when this one is done. */
   next(): DataBatch {
+    return collateRows(this.nextRows().map((i) => this.row(i)), this.opts.padId ?? 0, this.opts.padToMultipleOf ?? 1);
+  }
+
+  /** The row indices of the next batch (what next() collates), advancing the position the same way. */
+  nextRows(): number[] {
     if (this.offset >= this.batchesPerEpoch) {
       this.epoch++;
       this.offset = 0;
       this.reorder();
     }
     const bs = this.opts.batchSize;
-    const picked = this.order.slice(this.offset * bs, (this.offset + 1) * bs).map((i) => this.row(i));
+    const picked = this.order.slice(this.offset * bs, (this.offset + 1) * bs);
     this.offset++;
-    return collateRows(picked, this.opts.padId ?? 0, this.opts.padToMultipleOf ?? 1);
+    return picked;
   }
 
   private row(i: number): PackedRow {

@@ -80,7 +80,7 @@ export class Tensor {
 
   /** Wraps existing data (not copied, not pooled). */
   static from(data: Storage | number[], shape: readonly number[], dtype?: DType): Tensor {
-    if (Array.isArray(data)) return new Tensor(Float32Array.from(data), shape, dtype ?? 'f32');
+    if (Array.isArray(data)) return new Tensor(dtype === 'f64' ? Float64Array.from(data) : Float32Array.from(data), shape, dtype ?? 'f32');
     return new Tensor(data, shape, dtype ?? dtypeOf(data));
   }
 

@@ -14,6 +14,7 @@ import { existsSync, readFileSync } from 'node:fs';
 import { isMap, isScalar, isSeq, LineCounter, type Node as YamlNode, parse as parseYaml, parseDocument } from 'yaml';
 import * as z from 'zod';
 import { UserError } from '../errors.js';
+import { DPO_LOSS_TYPES } from './dpo-loss.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Schema
@@ -84,6 +85,11 @@ export const TrainConfigObject = z.strictObject({
   torch_dtype: z.enum(['auto', 'float32', 'bfloat16']).default('auto').describe('dtype of the frozen base weights (auto: as stored); full fine-tuning always trains float32'),
   trust_remote_code: z.boolean().default(false).describe('must stay false: ajuste never runs code from a model repository'),
   init_from_scratch: z.boolean().default(false).describe('ajuste extension: random weights from config.json instead of the checkpoint (pretraining)'),
+  // what training minimises
+  trainer: z.enum(['sft', 'dpo']).default('sft').describe("sft: next-token cross-entropy (TRL's SFTTrainer); dpo: Direct Preference Optimization on {prompt, chosen, rejected} records (TRL's DPOTrainer)"),
+  beta: z.number().positive().default(0.1).describe('DPO: strength of the pull towards the reference model (TRL DPOConfig beta)'),
+  loss_type: z.enum(DPO_LOSS_TYPES).default('sigmoid').describe('DPO loss: sigmoid (DPO), hinge (SLiC), ipo (IPO, length-averaged log-probabilities), robust (noisy labels, with label_smoothing)'),
+  label_smoothing: z.number().min(0).lt(0.5).default(0).describe('DPO loss_type robust: the assumed fraction of flipped preference labels'),
   // method
   method: z.enum(METHODS).default('lora').describe('what trains: lora, qlora (LoRA over a 4-bit base), full, bitfit (biases), ln_tuning (norms), ia3, prompt_tuning, prefix_tuning'),
   load_in_4bit: z.boolean().default(false).describe('quantize the frozen base to 4 bits (bitsandbytes layout); with method lora this is QLoRA'),
@@ -113,7 +119,7 @@ export const TrainConfigObject = z.strictObject({
   per_device_train_batch_size: z.int().min(1).default(8).describe('examples per micro-batch'),
   per_device_eval_batch_size: z.int().min(1).default(8).describe('examples per evaluation batch'),
   gradient_accumulation_steps: z.int().min(1).default(1).describe('micro-batches per optimizer step'),
-  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; LoRA usually wants 1e-4 to 2e-4)"),
+  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; with trainer dpo DPOConfig's 1e-6); LoRA usually wants 1e-4 to 2e-4 for SFT"),
   weight_decay: z.number().min(0).default(0).describe('AdamW decoupled weight decay (not applied to biases and norms)'),
   adam_beta1: z.number().min(0).lt(1).default(0.9).describe('AdamW beta1'),
   adam_beta2: z.number().min(0).lt(1).default(0.999).describe('AdamW beta2'),
@@ -159,6 +165,9 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   if (c.eval_strategy !== 'no' && c.eval_dataset_path === null && c.eval_split === 0) {
     issue(['eval_strategy'], `eval_strategy is '${c.eval_strategy}' but there is no evaluation data: set eval_dataset_path or eval_split`);
   }
+  if (c.trainer === 'dpo' && c.packing) issue(['packing'], 'packing does not apply to trainer dpo: each pair is scored as whole rows (TRL padding_free is not implemented)');
+  if (c.trainer === 'dpo' && c.completion_only_loss === false) issue(['completion_only_loss'], 'trainer dpo scores the completions only (the log-probability of chosen and rejected given the prompt); remove completion_only_loss');
+  if (c.label_smoothing > 0 && c.loss_type !== 'robust') issue(['label_smoothing'], `label_smoothing is used by loss_type robust only (TRL dropped it from sigmoid in v0.29); loss_type is '${c.loss_type}'`);
   if (c.method === 'prompt_tuning' && c.prompt_tuning.num_virtual_tokens === null) issue(['prompt_tuning', 'num_virtual_tokens'], 'method prompt_tuning needs prompt_tuning.num_virtual_tokens');
   if (c.method === 'prompt_tuning' && c.prompt_tuning.prompt_tuning_init === 'TEXT' && !c.prompt_tuning.prompt_tuning_init_text) {
     issue(['prompt_tuning', 'prompt_tuning_init_text'], "prompt_tuning_init 'TEXT' needs prompt_tuning.prompt_tuning_init_text");
@@ -595,6 +604,8 @@ function validate(raw: Raw, src: ConfigSource): TrainConfig {
   const keyProblems: Located[] = [];
   checkKeys(raw, TrainConfigObject, [], src, keyProblems);
   if (keyProblems.length) fail(keyProblems);
+  // DPOConfig's learning-rate default differs from SFTConfig's (the schema's).
+  if (raw.trainer === 'dpo' && raw.learning_rate === undefined) raw.learning_rate = 1e-6;
   const parsed = TrainConfig.safeParse(raw);
   if (!parsed.success) fail(zodProblems(parsed.error.issues, raw, src));
   return parsed.data;

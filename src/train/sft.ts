@@ -108,7 +108,7 @@ export interface SftResult extends TrainResult {
 }
 
 /** Splits records into train/eval with a seeded shuffle (eval_split is a fraction). */
-function splitRecords(records: DataRecord[], fraction: number, seed: number): [DataRecord[], DataRecord[]] {
+export function splitRecords(records: DataRecord[], fraction: number, seed: number): [DataRecord[], DataRecord[]] {
   if (!(fraction > 0)) return [records, []];
   if (fraction >= 1) throw new UserError(`eval_split must be a fraction below 1, got ${fraction}`);
   const idx = new Rng(seed).shuffle([...records.keys()]);
@@ -118,14 +118,14 @@ function splitRecords(records: DataRecord[], fraction: number, seed: number): [D
 }
 
 /** What a method trains, and how its trainable state is saved and restored (adapter files, or raw weights). */
-interface Trainable {
+export interface Trainable {
   trainable: [string, Tensor][];
   /** A PEFT adapter (LoRA, IA3, prompt/prefix tuning): written to output_dir at the end instead of a full model. */
   adapter: { save(dir: string): void; load(dir: string): void } | null;
 }
 
 /** Marks the parameters a method trains; returns them with their names. */
-function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: LoraConfig, tok: Tokenizer, dropoutRng: Rng): Trainable {
+export function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: LoraConfig, tok: Tokenizer, dropoutRng: Rng): Trainable {
   const seed = c.seed;
   const base = c.model_name_or_path;
   if (method === 'lora' || method === 'qlora') {
@@ -160,7 +160,7 @@ function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: Lo
   return { trainable, adapter: null };
 }
 
-function makeOptimizer(c: SftConfig, trainable: [string, Tensor][]): Optimizer {
+export function makeOptimizer(c: SftConfig, trainable: [string, Tensor][]): Optimizer {
   const groups = decayGroups(trainable, c.weight_decay);
   const adam = { lr: c.learning_rate, betas: [c.adam_beta1 ?? 0.9, c.adam_beta2 ?? 0.999] as [number, number], eps: c.adam_epsilon ?? 1e-8 };
   switch (c.optim) {
@@ -205,7 +205,6 @@ function quantOptions(c: SftConfig, method: string, info: (m: string) => void): 
   return { quantType, doubleQuant, computeDtype, blocksize: 64 };
 }
 
-/** Fine-tunes (or pretrains) a causal LM as the config says. */
 /**
  * Reads, splits and tokenizes the train (and eval) records. A function of its own so that the parsed
  * records (their text) can be collected once tokenized: only the examples' Int32Arrays stay.
@@ -237,8 +236,16 @@ function loadData(c: SftConfig, tok: Tokenizer, info: (m: string) => void): { lo
   return { loader, evalTok, trainExamples: trainTok.examples.length, truncated: trainTok.truncated };
 }
 
-export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftResult> {
-  const info = hooks.onInfo ?? (() => {});
+/** A model loaded for training: its folder, config, tokenizer, and the built model (4-bit where asked). */
+export interface LoadedModel {
+  dir: string;
+  modelConfig: ReturnType<typeof readModelConfig>;
+  tok: Tokenizer;
+  model: CausalLM;
+  load4bit: Quant4Options | null;
+}
+
+export async function loadModelForTraining(c: SftConfig, info: (m: string) => void): Promise<LoadedModel> {
   const method = c.method;
   const dir = await resolveModel(c.model_name_or_path, { revision: c.revision ?? undefined });
   const modelConfig = readModelConfig(dir);
@@ -262,14 +269,31 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
         `${(bytes / numel).toFixed(4)} bytes/param for ${numel.toLocaleString('en-US')} base weights (+ ${(tables / 1024).toFixed(1)} KiB of code tables)`,
     );
   }
+  return { dir, modelConfig, tok, model, load4bit };
+}
+
+/** What a method trains in a loaded model, how it is checkpointed, and the parameter counts (printed). */
+export interface PreparedMethod {
+  trainable: [string, Tensor][];
+  adapter: Trainable['adapter'];
+  io: CheckpointIO;
+  trainableParams: number;
+  totalParams: number;
+}
+
+/**
+ * Applies the method (LoRA, full, ...) to the loaded model and prints its parameter counts and the memory
+ * the run should need, before it starts (the same arithmetic as `ajuste memory`) for `rows` rows a micro-batch.
+ */
+export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: (m: string) => void): PreparedMethod {
+  const { model, modelConfig, tok, load4bit } = m;
+  const method = c.method;
   const dropoutRng = new Rng(c.seed + 1);
   const lora = loraConfig(c.lora ?? {});
   const { trainable, adapter } = selectTrainable(model, c, method, lora, tok, dropoutRng);
   const totalParams = logicalParameterCount(model);
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
-
-  // What the run should need, before it starts (the same arithmetic as `ajuste memory`).
   if (method === 'full' || method === 'lora' || method === 'qlora') {
     try {
       const lc = method === 'full' ? null : lora;
@@ -278,17 +302,98 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
         r: lc?.r,
         targets: lc ? (lc.target_modules === 'all-linear' ? 'all-linear' : Array.isArray(lc.target_modules) ? lc.target_modules : undefined) : undefined,
         loraDropout: lc?.lora_dropout,
-        batch: c.per_device_train_batch_size,
+        batch: rows,
         maxLength: c.max_length,
         optim: c.optim as MemoryOptions['optim'],
         gradientCheckpointing: c.gradient_checkpointing ?? false,
         doubleQuant: load4bit?.doubleQuant,
       });
-      info(`memory estimate: ${formatMB(est.total)} MB (weights ${formatMB(est.weights)}, gradients ${formatMB(est.gradients)}, optimizer ${formatMB(est.optimizer.resident)}, activations ${formatMB(est.activations?.peak ?? 0)} MB at batch ${c.per_device_train_batch_size} x ${c.max_length})`);
+      info(`memory estimate: ${formatMB(est.total)} MB (weights ${formatMB(est.weights)}, gradients ${formatMB(est.gradients)}, optimizer ${formatMB(est.optimizer.resident)}, activations ${formatMB(est.activations?.peak ?? 0)} MB at batch ${rows} x ${c.max_length})`);
     } catch (e) {
       info(`memory estimate unavailable: ${(e as Error).message}`);
     }
   }
+  const io: CheckpointIO = {
+    save: (d) => (adapter ? adapter.save(d) : saveTrainableWeights(d, trainable)),
+    load: (d) => (adapter ? adapter.load(d) : loadTrainableWeights(d, trainable)),
+    state: () => ({ dropout_rng: dropoutRng.getState() }),
+    restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
+  };
+  return { trainable, adapter, io, trainableParams, totalParams };
+}
+
+/** The checkpoint to resume from (resume_from_checkpoint true: the newest in output_dir), or null. */
+export function resumePath(c: SftConfig, info: (m: string) => void): string | null {
+  let resumeFrom: string | null = null;
+  if (c.resume_from_checkpoint === true) {
+    resumeFrom = latestCheckpoint(c.output_dir);
+    if (!resumeFrom) throw new UserError(`resume_from_checkpoint is true but ${c.output_dir} has no checkpoint-N folder`);
+  } else if (typeof c.resume_from_checkpoint === 'string') resumeFrom = c.resume_from_checkpoint;
+  if (resumeFrom) info(`resuming from ${resumeFrom}`);
+  return resumeFrom;
+}
+
+/** The trainer settings every recipe takes from the config as they are. */
+export function trainerSettings(c: SftConfig, maxSteps: number, evalSteps: number, hooks: RunHooks) {
+  return {
+    outputDir: c.output_dir,
+    maxSteps,
+    learningRate: c.learning_rate,
+    scheduler: c.lr_scheduler_type,
+    warmupSteps: warmupSteps(maxSteps, c.warmup_steps, c.warmup_ratio),
+    gradientAccumulationSteps: c.gradient_accumulation_steps,
+    maxGradNorm: c.max_grad_norm,
+    gradientCheckpointing: c.gradient_checkpointing ?? false,
+    loggingSteps: c.logging_steps,
+    evalSteps,
+    saveSteps: c.save_steps,
+    saveTotalLimit: c.save_total_limit ?? null,
+    signal: hooks.signal,
+    onLog: hooks.onLog,
+  };
+}
+
+/** Optimizer steps of the run (max_steps, or num_train_epochs over batchesPerEpoch micro-batches). */
+export function totalSteps(c: SftConfig, batchesPerEpoch: number): { maxSteps: number; perEpoch: number } {
+  const perEpoch = Math.ceil(batchesPerEpoch / c.gradient_accumulation_steps);
+  return { perEpoch, maxSteps: c.max_steps > 0 ? c.max_steps : Math.max(1, Math.ceil(c.num_train_epochs * perEpoch)) };
+}
+
+/** Runs the trainer with the run's optimizer (closed afterwards: paged optimizers hold a file). */
+export async function trainWith(c: SftConfig, trainable: [string, Tensor][], run: (optimizer: Optimizer) => Promise<TrainResult>): Promise<TrainResult> {
+  const optimizer = makeOptimizer(c, trainable);
+  try {
+    return await run(optimizer);
+  } finally {
+    if (optimizer instanceof PagedAdamW) optimizer.close();
+  }
+}
+
+/**
+ * The final artefacts in output_dir itself, as trainer.save_model() does: the adapter or the full model, the
+ * tokenizer files, and train_results.json.
+ */
+export function finishRun<T extends TrainResult>(c: SftConfig, m: LoadedModel, adapter: Trainable['adapter'], summary: T, info: (m: string) => void): T {
+  if (!summary.stoppedEarly) {
+    mkdirSync(c.output_dir, { recursive: true });
+    if (adapter) adapter.save(c.output_dir);
+    else saveMergedModel(m.model, m.dir, c.output_dir);
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
+      if (existsSync(join(m.dir, f))) copyFileSync(join(m.dir, f), join(c.output_dir, f));
+    }
+  }
+  info(`measured peak memory (RSS): ${summary.peakRssMb.toFixed(0)} MB`);
+  const { history: _h, ...json } = summary;
+  writeFileSync(join(c.output_dir, 'train_results.json'), JSON.stringify(json, null, 2) + '\n');
+  return summary;
+}
+
+/** Fine-tunes (or pretrains) a causal LM as the config says. */
+export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftResult> {
+  const info = hooks.onInfo ?? (() => {});
+  const loaded = await loadModelForTraining(c, info);
+  const { model, tok } = loaded;
+  const { trainable, adapter, io, trainableParams, totalParams } = prepareMethod(loaded, c, c.per_device_train_batch_size, info);
 
   // Data
   const { loader, evalTok, trainExamples, truncated } = loadData(c, tok, info);
@@ -297,76 +402,13 @@ export async function runSft(c: SftConfig, hooks: RunHooks = {}): Promise<SftRes
     ? () => new BatchLoader(evalTok, { batchSize: c.per_device_eval_batch_size ?? c.per_device_train_batch_size, maxLength: c.max_length, padId, shuffle: false })
     : undefined;
 
-  const perEpoch = Math.ceil(loader.batchesPerEpoch / c.gradient_accumulation_steps);
-  const maxSteps = c.max_steps > 0 ? c.max_steps : Math.max(1, Math.ceil(c.num_train_epochs * perEpoch));
-  const optimizer = makeOptimizer(c, trainable);
+  const { maxSteps, perEpoch } = totalSteps(c, loader.batchesPerEpoch);
   const evalSteps = c.eval_strategy === 'no' || !evalBatches ? 0 : c.eval_strategy === 'epoch' ? perEpoch : (c.eval_steps ?? c.logging_steps);
-
-  const io: CheckpointIO = {
-    save: (d) => (adapter ? adapter.save(d) : saveTrainableWeights(d, trainable)),
-    load: (d) => (adapter ? adapter.load(d) : loadTrainableWeights(d, trainable)),
-    state: () => ({ dropout_rng: dropoutRng.getState() }),
-    restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
-  };
-
-  let resumeFrom: string | null = null;
-  if (c.resume_from_checkpoint === true) {
-    resumeFrom = latestCheckpoint(c.output_dir);
-    if (!resumeFrom) throw new UserError(`resume_from_checkpoint is true but ${c.output_dir} has no checkpoint-N folder`);
-  } else if (typeof c.resume_from_checkpoint === 'string') resumeFrom = c.resume_from_checkpoint;
-  if (resumeFrom) info(`resuming from ${resumeFrom}`);
-
-  let result: TrainResult;
-  try {
-    result = await runTrainer({
-      model,
-      trainable,
-      optimizer,
-      train: loader,
-      evalBatches,
-      outputDir: c.output_dir,
-      maxSteps,
-      learningRate: c.learning_rate,
-      scheduler: c.lr_scheduler_type,
-      warmupSteps: warmupSteps(maxSteps, c.warmup_steps, c.warmup_ratio),
-      gradientAccumulationSteps: c.gradient_accumulation_steps,
-      maxGradNorm: c.max_grad_norm,
-      gradientCheckpointing: c.gradient_checkpointing ?? false,
-      loggingSteps: c.logging_steps,
-      evalSteps,
-      saveSteps: c.save_steps,
-      saveTotalLimit: c.save_total_limit ?? null,
-      io,
-      resumeFrom,
-      signal: hooks.signal,
-      onLog: hooks.onLog,
-    });
-  } finally {
-    if (optimizer instanceof PagedAdamW) optimizer.close();
-  }
-
-  // Final artefacts in output_dir itself, as trainer.save_model() does.
-  if (!result.stoppedEarly) {
-    mkdirSync(c.output_dir, { recursive: true });
-    if (adapter) adapter.save(c.output_dir);
-    else saveMergedModel(model, dir, c.output_dir);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
-      if (existsSync(join(dir, f))) copyFileSync(join(dir, f), join(c.output_dir, f));
-    }
-  }
-  info(`measured peak memory (RSS): ${result.peakRssMb.toFixed(0)} MB`);
-  const summary = {
-    ...result,
-    outputDir: c.output_dir,
-    trainableParameters: trainableParams,
-    totalParameters: totalParams,
-    trainExamples,
-    evalExamples: evalTok.length,
-    truncated,
-  };
-  const { history: _h, ...json } = summary;
-  writeFileSync(join(c.output_dir, 'train_results.json'), JSON.stringify(json, null, 2) + '\n');
-  return summary;
+  const resumeFrom = resumePath(c, info);
+  const result = await trainWith(c, trainable, (optimizer) =>
+    runTrainer({ model, trainable, optimizer, train: loader, evalBatches, io, resumeFrom, ...trainerSettings(c, maxSteps, evalSteps, hooks) }),
+  );
+  return finishRun(c, loaded, adapter, { ...result, outputDir: c.output_dir, trainableParameters: trainableParams, totalParameters: totalParams, trainExamples, evalExamples: evalTok.length, truncated }, info);
 }
 
 function saveTrainableWeights(dir: string, trainable: [string, Tensor][]): void {

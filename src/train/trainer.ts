@@ -1,10 +1,12 @@
 /**
  * The training loop: gradient accumulation, clipping, LR schedule, logging, evaluation, checkpoints,
  * resume, Ctrl-C and NaN handling. It knows nothing about LoRA or full fine-tuning: the recipe hands it
- * a model, the trainable parameters, an optimizer, batches, and how to save the trainable state.
+ * a model, the trainable parameters, an optimizer, batches, what to minimise (an Objective: next-token
+ * cross-entropy for SFT, train/dpo.ts for DPO), and how to save the trainable state.
  *
  *   for step in start..total:
- *     for each micro-batch: loss = sum CE / targets in the whole accumulated batch; backward
+ *     for each micro-batch: loss = objective summed over the micro-batch / units in the whole accumulated
+ *                           batch (scored tokens for SFT, pairs for DPO); backward
  *     clip; optimizer.step; log / eval / checkpoint
  */
 import { readFileSync } from 'node:fs';
@@ -15,19 +17,63 @@ import type { CausalLM } from '../models/causal-lm.js';
 import { clipGradNorm, type Optimizer } from '../optim/adamw.js';
 import { learningRate, type ScheduleType } from '../optim/schedule.js';
 import type { Tensor } from '../tensor/tensor.js';
-import type { BatchLoader, DataBatch } from '../data/packing.js';
+import type { DataBatch, LoaderPosition } from '../data/packing.js';
+import type { ForwardOptions } from '../models/causal-lm.js';
 import { countTargets } from '../nn/ops/loss.js';
 import { shiftLabels } from '../models/causal-lm.js';
 import { type CheckpointIO, latestCheckpoint, loadCheckpoint, saveCheckpoint } from './checkpoint.js';
 import { MetricsLog } from './metrics.js';
 
-export interface TrainerOptions {
+/** Where the training batches come from: endless epochs, with a position saved in checkpoints. */
+export interface Loader<B extends DataBatch = DataBatch> {
+  next(): B;
+  readonly position: LoaderPosition;
+  restore(p: LoaderPosition): void;
+  readonly batchesPerEpoch: number;
+}
+
+/** What training minimises. */
+export interface Objective<B extends DataBatch = DataBatch> {
+  /** What one micro-batch adds to the step's divisor: scored tokens (SFT), pairs (DPO). */
+  units(b: B): number;
+  /**
+   * Forward and backward of one micro-batch, the gradient scaled by 1 / total (the units of the whole
+   * accumulated step). Returns the loss summed over the micro-batch's units, and sums of metrics over them.
+   */
+  step(b: B, total: number, opts: ForwardOptions): { loss: number; metrics?: Record<string, number> };
+  /** Metrics over evaluation batches (the trainer logs them with an eval_ prefix). */
+  evaluate(batches: Iterable<B>): Record<string, number>;
+  /** Train the model with dropout (default true; DPO turns it off, as TRL's disable_dropout). */
+  readonly dropout?: boolean;
+}
+
+/** Supervised fine-tuning: the mean next-token cross-entropy over the scored tokens of the step. */
+export function sftObjective(model: CausalLM): Objective {
+  return {
+    units: scoredTokens,
+    step(b, total, opts) {
+      return {
+        loss: scope(() => {
+          const loss = model.loss(model.forwardHidden(b, opts), b.labels, b, 'sum');
+          const value = loss.item();
+          if (total > 0) backward(loss, Float32Array.of(1 / total));
+          return value;
+        }),
+      };
+    },
+    evaluate: (batches) => evaluate(model, batches),
+  };
+}
+
+export interface TrainerOptions<B extends DataBatch = DataBatch> {
   model: CausalLM;
   trainable: [string, Tensor][];
   optimizer: Optimizer;
-  train: BatchLoader;
+  train: Loader<B>;
+  /** Default: sftObjective(model). */
+  objective?: Objective<B>;
   /** Evaluation batches (re-created for each evaluation). */
-  evalBatches?: () => Iterable<DataBatch>;
+  evalBatches?: () => Iterable<B>;
   outputDir: string;
   maxSteps: number;
   learningRate: number;
@@ -83,8 +129,9 @@ export function evaluate(model: CausalLM, batches: Iterable<DataBatch>): { loss:
   return { loss, perplexity: Math.exp(loss), tokens };
 }
 
-export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
+export async function runTrainer<B extends DataBatch>(o: TrainerOptions<B>): Promise<TrainResult> {
   const params = o.trainable.map(([, p]) => p);
+  const objective = o.objective ?? (sftObjective(o.model) as unknown as Objective<B>);
   const log = new MetricsLog(o.outputDir, o.onLog);
   let step = 0;
   if (o.resumeFrom) {
@@ -97,9 +144,10 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
   const t0 = performance.now();
   let tokensSeen = 0;
   let windowLoss = 0, windowSteps = 0, windowTokens = 0, windowStart = performance.now();
+  let windowMetrics: Record<string, number> = {}, windowUnits = 0;
   let lastLoss = Number.NaN;
   let stopped: TrainResult['stoppedEarly'] = null;
-  o.model.train(true);
+  o.model.train(objective.dropout ?? true);
 
   while (step < o.maxSteps) {
     if (o.signal?.aborted) {
@@ -108,22 +156,19 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
     }
     const lr = learningRate(o.scheduler, o.learningRate, step, o.maxSteps, o.warmupSteps);
     o.optimizer.lr = lr;
-    const micro: DataBatch[] = [];
+    const micro: B[] = [];
     for (let i = 0; i < o.gradientAccumulationSteps; i++) micro.push(o.train.next());
-    const targets = micro.reduce((s, b) => s + scoredTokens(b), 0);
+    const units = micro.reduce((s, b) => s + objective.units(b), 0);
     let stepLoss = 0;
     for (const b of micro) {
-      stepLoss += scope(() => {
-        const h = o.model.forwardHidden(b, { gradientCheckpointing: o.gradientCheckpointing });
-        const loss = o.model.loss(h, b.labels, b, 'sum');
-        const value = loss.item();
-        if (targets > 0) backward(loss, Float32Array.of(1 / targets));
-        return value;
-      });
+      const r = objective.step(b, units, { gradientCheckpointing: o.gradientCheckpointing });
+      stepLoss += r.loss;
+      for (const [k, v] of Object.entries(r.metrics ?? {})) windowMetrics[k] = (windowMetrics[k] ?? 0) + v;
       tokensSeen += b.B * b.T;
       windowTokens += b.B * b.T;
     }
-    stepLoss /= Math.max(targets, 1);
+    windowUnits += units;
+    stepLoss /= Math.max(units, 1);
     if (!Number.isFinite(stepLoss)) {
       o.optimizer.zeroGrad();
       throw new NonFiniteLossError(
@@ -149,15 +194,21 @@ export async function runTrainer(o: TrainerOptions): Promise<TrainResult> {
         tokens_per_second: windowTokens / Math.max(secs, 1e-9),
         peak_rss_mb: peakRssMb(),
         epoch: o.train.position.epoch + o.train.position.offset / o.train.batchesPerEpoch,
+        ...Object.fromEntries(Object.entries(windowMetrics).map(([k, v]) => [k, v / Math.max(windowUnits, 1)])),
       });
       windowLoss = 0;
       windowSteps = 0;
+      windowMetrics = {};
+      windowUnits = 0;
       windowTokens = 0;
       windowStart = performance.now();
     }
     if (o.evalBatches && o.evalSteps > 0 && (step % o.evalSteps === 0 || step === o.maxSteps)) {
-      const e = evaluate(o.model, o.evalBatches());
-      log.write({ step, eval_loss: e.loss, eval_perplexity: e.perplexity, eval_tokens: e.tokens });
+      const was = o.model.training;
+      o.model.train(false);
+      const e = objective.evaluate(o.evalBatches());
+      o.model.train(was);
+      log.write({ step, ...Object.fromEntries(Object.entries(e).map(([k, v]) => [`eval_${k}`, v])) });
     }
     if ((o.saveSteps > 0 && step % o.saveSteps === 0) || step === o.maxSteps) {
       saveCheckpoint(o.outputDir, step, { optimizer: o.optimizer, io: o.io, dataPosition: o.train.position, logHistory: log.history, saveTotalLimit: o.saveTotalLimit });
