@@ -181,6 +181,24 @@ describe('trainer: dpo end to end (bundled model, examples/preference.jsonl)', (
     expect(evals.at(-1)!['eval_rewards/accuracies']).toBeGreaterThanOrEqual(0);
   });
 
+  it('saves the reference log-probabilities and reads them back only for the same model and tokens', async () => {
+    const out = join(work, 'cache');
+    const messages: string[] = [];
+    const hooks = { onInfo: (m: string) => messages.push(m) };
+    await runTraining(cfg(out, ['--max_steps', '2']), hooks);
+    const file = join(out, 'ref_logps.safetensors');
+    const saved = readSafetensors(file, { copy: true });
+    expect(saved.tensors.get('train')!.data).toBeInstanceOf(Float64Array);
+    expect(saved.tensors.get('train')!.shape).toEqual([40]);
+    expect(messages.some((m) => m.startsWith('reference log-probabilities of 20 pairs'))).toBe(true);
+    messages.length = 0;
+    await runTraining(cfg(out, ['--max_steps', '2', '--overwrite_output_dir', 'true']), hooks);
+    expect(messages).toContain(`reference log-probabilities read from ${file}`);
+    messages.length = 0;
+    await runTraining(cfg(out, ['--max_steps', '2', '--overwrite_output_dir', 'true', '--max_length', '64']), hooks);
+    expect(messages.some((m) => m.startsWith('reference log-probabilities of 20 pairs'))).toBe(true);
+  });
+
   it('refuses SFT records, packing, and label_smoothing outside robust, saying where', async () => {
     await expect(runTraining(loadTrainConfig('examples/dpo.yaml', ['--output_dir', join(work, 'bad'), '--dataset_path', 'examples/chat.jsonl']))).rejects.toThrow(
       /examples\/chat.jsonl:1: trainer dpo needs preference records \{prompt, chosen, rejected\}, this one is a messages record/,

@@ -90,6 +90,8 @@ export const TrainConfigObject = z.strictObject({
   beta: z.number().positive().default(0.1).describe('DPO: strength of the pull towards the reference model (TRL DPOConfig beta)'),
   loss_type: z.enum(DPO_LOSS_TYPES).default('sigmoid').describe('DPO loss: sigmoid (DPO), hinge (SLiC), ipo (IPO, length-averaged log-probabilities), robust (noisy labels, with label_smoothing)'),
   label_smoothing: z.number().min(0).lt(0.5).default(0).describe('DPO loss_type robust: the assumed fraction of flipped preference labels'),
+  disable_dropout: z.boolean().default(true).describe('DPO: train without dropout (TRL DPOConfig default)'),
+  precompute_ref_log_probs: z.boolean().default(true).describe('DPO: ajuste always scores the reference once before training and saves it in output_dir (false is refused: it would give the same numbers, slower)'),
   // method
   method: z.enum(METHODS).default('lora').describe('what trains: lora, qlora (LoRA over a 4-bit base), full, bitfit (biases), ln_tuning (norms), ia3, prompt_tuning, prefix_tuning'),
   load_in_4bit: z.boolean().default(false).describe('quantize the frozen base to 4 bits (bitsandbytes layout); with method lora this is QLoRA'),
@@ -167,6 +169,7 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   }
   if (c.trainer === 'dpo' && c.packing) issue(['packing'], 'packing does not apply to trainer dpo: each pair is scored as whole rows (TRL padding_free is not implemented)');
   if (c.trainer === 'dpo' && c.completion_only_loss === false) issue(['completion_only_loss'], 'trainer dpo scores the completions only (the log-probability of chosen and rejected given the prompt); remove completion_only_loss');
+  if (!c.precompute_ref_log_probs) issue(['precompute_ref_log_probs'], 'ajuste always precomputes the reference log-probabilities (the same values TRL computes per batch, as the reference is frozen); remove the key or set it to true');
   if (c.label_smoothing > 0 && c.loss_type !== 'robust') issue(['label_smoothing'], `label_smoothing is used by loss_type robust only (TRL dropped it from sigmoid in v0.29); loss_type is '${c.loss_type}'`);
   if (c.method === 'prompt_tuning' && c.prompt_tuning.num_virtual_tokens === null) issue(['prompt_tuning', 'num_virtual_tokens'], 'method prompt_tuning needs prompt_tuning.num_virtual_tokens');
   if (c.method === 'prompt_tuning' && c.prompt_tuning.prompt_tuning_init === 'TEXT' && !c.prompt_tuning.prompt_tuning_init_text) {

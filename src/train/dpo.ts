@@ -7,9 +7,15 @@
  * same model with its adapters disabled) or for full fine-tuning (a frozen copy of the starting weights). Its
  * log-probabilities are computed once, before the first step (TRL's precompute_ref_log_probs; the same
  * numbers, as the reference is frozen and dropout is off), so a second model is never held in memory.
+ * They are saved in output_dir/ref_logps.safetensors with a fingerprint of the model and the tokenized pairs,
+ * so a resumed run reads them back instead of scoring the dataset again.
  * Dropout is off while training, as TRL's disable_dropout (default true).
  */
+import { createHash } from 'node:crypto';
+import { existsSync, mkdirSync } from 'node:fs';
+import { join } from 'node:path';
 import { type TokenizedPreference, tokenizePreference } from '../data/dataset.js';
+import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { PairLoader, type PairBatch } from '../data/pairs.js';
 import { type DataRecord, type PreferenceRecord, readRecords } from '../data/records.js';
 import type { Tokenizer } from '../data/tokenizer.js';
@@ -30,6 +36,7 @@ export interface DpoConfig extends SftConfig {
   beta: number;
   loss_type: DpoLossType;
   label_smoothing: number;
+  disable_dropout?: boolean;
 }
 
 /** [2P] summed log-probabilities of the completion tokens of each row of a pair batch. */
@@ -40,10 +47,10 @@ export function sequenceLogProbs(model: CausalLM, hidden: Tensor, b: PairBatch):
   return linearSequenceLogProbs(hidden.reshape([N, model.config.hidden]), model.lmHeadWeight(), shiftLabels(b.labels, b), seq, b.B);
 }
 
-export function dpoObjective(model: CausalLM, o: DpoOptions): Objective<PairBatch> {
+export function dpoObjective(model: CausalLM, o: DpoOptions, dropout = false): Objective<PairBatch> {
   return {
     units: (b) => b.pairs,
-    dropout: false,
+    dropout,
     step(b, total, opts) {
       return scope(() => {
         const logps = sequenceLogProbs(model, model.forwardHidden(b, opts), b);
@@ -111,6 +118,32 @@ function tokenizePairs(records: PreferenceRecord[], tok: Tokenizer, maxLength: n
   return { pairs, truncated: pairs.filter((p) => p.chosen.truncated || p.rejected.truncated).length };
 }
 
+/** What the reference values depend on: the model (folder, method's base dtype), the scored tokens. */
+function referenceFingerprint(modelDir: string, c: DpoConfig, train: readonly TokenizedPreference[], evalPairs: readonly TokenizedPreference[]): string {
+  const h = createHash('sha256');
+  h.update(JSON.stringify({ modelDir, method: c.method, torch_dtype: c.torch_dtype, load_in_4bit: c.load_in_4bit, quant: c.bnb_4bit_quant_type, dq: c.bnb_4bit_use_double_quant, max_length: c.max_length }));
+  for (const set of [train, evalPairs]) {
+    h.update(`|${set.length}|`);
+    for (const p of set) for (const e of [p.chosen, p.rejected]) {
+      h.update(new Uint8Array(e.inputIds.buffer, e.inputIds.byteOffset, e.inputIds.byteLength));
+      h.update(new Uint8Array(e.labels.buffer, e.labels.byteOffset, e.labels.byteLength));
+    }
+  }
+  return h.digest('hex');
+}
+
+function readReferenceCache(path: string, fingerprint: string, nTrain: number, nEval: number): { train: Float64Array; eval: Float64Array } | null {
+  if (!existsSync(path)) return null;
+  try {
+    const f = readSafetensors(path, { copy: true });
+    const train = f.tensors.get('train')?.data, ev = f.tensors.get('eval')?.data;
+    if (f.metadata?.fingerprint !== fingerprint || !(train instanceof Float64Array) || !(ev instanceof Float64Array)) return null;
+    return train.length === nTrain && ev.length === nEval ? { train, eval: ev } : null;
+  } catch {
+    return null;  // unreadable: score again (and overwrite it)
+  }
+}
+
 export async function runDpo(c: DpoConfig, hooks: RunHooks = {}): Promise<SftResult> {
   const info = hooks.onInfo ?? (() => {});
   const loaded = await loadModelForTraining(c, info);
@@ -124,14 +157,28 @@ export async function runDpo(c: DpoConfig, hooks: RunHooks = {}): Promise<SftRes
   if (train.truncated) info(`${train.truncated} of ${train.pairs.length} training pairs were longer than max_length ${c.max_length} and were truncated (keeping the start)`);
   const loader = new PairLoader(train.pairs, { batchSize: c.per_device_train_batch_size, maxLength: c.max_length, padId, shuffle: c.seed, dropLast: c.dataloader_drop_last ?? false });
   const evalBs = c.per_device_eval_batch_size ?? c.per_device_train_batch_size;
-  const evalLoader = evalRecords.length ? new PairLoader(tokenizePairs(evalRecords, tok, c.max_length).pairs, { batchSize: evalBs, maxLength: c.max_length, padId, shuffle: false }) : null;
+  const evalPairs = evalRecords.length ? tokenizePairs(evalRecords, tok, c.max_length).pairs : [];
+  const evalLoader = evalPairs.length ? new PairLoader(evalPairs, { batchSize: evalBs, maxLength: c.max_length, padId, shuffle: false }) : null;
 
-  // The reference: the model before the method is applied.
-  const t0 = performance.now();
-  info(`reference log-probabilities of ${(loader.size + (evalLoader?.size ?? 0)).toLocaleString('en-US')} pairs (the model as loaded) ...`);
-  loader.setReference(referenceLogProbs(model, loader, evalBs));
-  if (evalLoader) evalLoader.setReference(referenceLogProbs(model, evalLoader, evalBs));
-  info(`reference done in ${((performance.now() - t0) / 1000).toFixed(1)} s`);
+  // The reference: the model before the method is applied (or the values a previous run of this config saved).
+  const cache = join(c.output_dir, 'ref_logps.safetensors');
+  const fingerprint = referenceFingerprint(loaded.dir, c, train.pairs, evalPairs);
+  const cached = readReferenceCache(cache, fingerprint, 2 * loader.size, 2 * (evalLoader?.size ?? 0));
+  if (cached) {
+    info(`reference log-probabilities read from ${cache}`);
+    loader.setReference(cached.train);
+    evalLoader?.setReference(cached.eval);
+  } else {
+    const t0 = performance.now();
+    info(`reference log-probabilities of ${(loader.size + (evalLoader?.size ?? 0)).toLocaleString('en-US')} pairs (the model as loaded) ...`);
+    const trainRef = referenceLogProbs(model, loader, evalBs);
+    const evalRef = evalLoader ? referenceLogProbs(model, evalLoader, evalBs) : new Float64Array(0);
+    loader.setReference(trainRef);
+    evalLoader?.setReference(evalRef);
+    mkdirSync(c.output_dir, { recursive: true });
+    writeSafetensors(cache, { train: { dtype: 'F64', shape: [trainRef.length], data: trainRef }, eval: { dtype: 'F64', shape: [evalRef.length], data: evalRef } }, { fingerprint });
+    info(`reference done in ${((performance.now() - t0) / 1000).toFixed(1)} s (saved in ${cache})`);
+  }
 
   const { trainable, adapter, io, trainableParams, totalParams } = prepareMethod(loaded, c, 2 * c.per_device_train_batch_size, info);
   const { maxSteps, perEpoch } = totalSteps(c, loader.batchesPerEpoch);
@@ -139,7 +186,7 @@ export async function runDpo(c: DpoConfig, hooks: RunHooks = {}): Promise<SftRes
     ? () => Array.from({ length: Math.ceil(evalLoader.size / evalBs) }, (_, k) => evalLoader.batch(Array.from({ length: Math.min(evalBs, evalLoader.size - k * evalBs) }, (_, j) => k * evalBs + j)))
     : undefined;
   const evalSteps = c.eval_strategy === 'no' || !evalBatches ? 0 : c.eval_strategy === 'epoch' ? perEpoch : (c.eval_steps ?? c.logging_steps);
-  const objective = dpoObjective(model, { beta: c.beta, lossType: c.loss_type, labelSmoothing: c.label_smoothing });
+  const objective = dpoObjective(model, { beta: c.beta, lossType: c.loss_type, labelSmoothing: c.label_smoothing }, c.disable_dropout === false);
   const resumeFrom = resumePath(c, info);
   const result = await trainWith(c, trainable, (optimizer) =>
     runTrainer({ model, trainable, optimizer, train: loader, objective, evalBatches, io, resumeFrom, ...trainerSettings(c, maxSteps, evalSteps, hooks) }),
