@@ -3,7 +3,7 @@ import { geluErf, geluTanh, silu, softmax, swiglu } from '../src/nn/ops/activati
 import { crossEntropy, linearCrossEntropy, linearSequenceLogProbs } from '../src/nn/ops/loss.js';
 import { layerNorm, rmsNorm } from '../src/nn/ops/norm.js';
 import { rope, ropeTables } from '../src/nn/ops/rope.js';
-import { add, embedding, linear, matmul, mean, mul, permute, scale, sub, sum } from '../src/tensor/ops.js';
+import { add, embedding, gatherRows, linear, matmul, mean, mul, permute, scale, sub, sum } from '../src/tensor/ops.js';
 import { Rng } from '../src/tensor/rng.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { expectClose, gradCheck, randTensor } from './helpers.js';
@@ -48,6 +48,14 @@ describe('finite-difference gradients (f64, js kernels)', () => {
   it('embedding (scatter-add backward with repeated ids)', () => {
     const ids = Int32Array.from([1, 3, 1, 0, 3, 3]);
     gradCheck(([w]) => embedding(ids, w!, [2, 3]), [r(5, 4)]);
+  });
+  it('gatherRows (the pooled rows of a reward model; scatter-add backward with repeated rows)', () => {
+    const rows = Int32Array.from([5, 0, 5, 3]);
+    gradCheck(([x]) => gatherRows(x!, rows), [r(2, 3, 4)]);
+    gradCheck(([x, w]) => linear(gatherRows(x!, Int32Array.of(2, 1)), w!), [r(3, 4), r(1, 4)]);
+    const x = r(3, 2);
+    expect(Array.from(gatherRows(x, Int32Array.of(2, 0)).f)).toEqual([x.f[4], x.f[5], x.f[0], x.f[1]]);
+    expect(() => gatherRows(x, Int32Array.of(3))).toThrow(/row 3 at position 0 is outside \[0, 3\)/);
   });
   it('RMSNorm and LayerNorm', () => {
     gradCheck(([x, w]) => rmsNorm(x!, w!, 1e-6), [r(3, 7), r(7)]);

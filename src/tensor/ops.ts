@@ -398,6 +398,34 @@ export function embedding(ids: Int32Array, W: Tensor, shape: readonly number[] =
   return out;
 }
 
+/**
+ * Rows of x selected by index: x [..., D] seen as [N, D], out [rows.length, D] with out[i] = x[rows[i]]
+ * (e.g. the hidden state of each sequence's last token). Backward scatter-adds into dx (rows may repeat).
+ */
+export function gatherRows(x: Tensor, rows: Int32Array): Tensor {
+  assertFloat(x, 'gatherRows');
+  const D = x.dim(-1);
+  const N = x.size / D;
+  const out = floatOut(x, [rows.length, D]);
+  const X = x.f, o = out.f;
+  for (let i = 0; i < rows.length; i++) {
+    const r = rows[i]!;
+    if (!(r >= 0 && r < N)) throw new Error(`gatherRows: row ${r} at position ${i} is outside [0, ${N})`);
+    o.set(X.subarray(r * D, (r + 1) * D), i * D);
+  }
+  if (needsGrad(x)) {
+    record('gatherRows', [x], out, (g) => {
+      const gx = floatLike(g, x.size);
+      for (let i = 0; i < rows.length; i++) {
+        const r = rows[i]! * D;
+        for (let j = 0; j < D; j++) gx[r + j]! += g[i * D + j]!;
+      }
+      addGradOwned(x, gx);
+    });
+  }
+  return out;
+}
+
 const bf16View = new Float32Array(1);
 const bf16Bits = new Uint32Array(bf16View.buffer);
 function bf16(h: number): number {
