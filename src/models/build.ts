@@ -13,6 +13,7 @@ import type { CausalLM } from './causal-lm.js';
 import type { ModelConfig } from './config.js';
 import { Gpt2LMHeadModel } from './gpt2.js';
 import { LlamaForCausalLM } from './llama.js';
+import { SCORE_WEIGHT } from './reward.js';
 
 /** A tensor as stored in a safetensors file. */
 export interface RawTensor {
@@ -74,8 +75,15 @@ function transpose(x: Float32Array, rows: number, cols: number): Float32Array {
   return out;
 }
 
-/** Instantiates the architecture of `config` with weights from `weights`. */
+/**
+ * Instantiates the architecture of `config` with weights from `weights`. A sequence-classification checkpoint
+ * (a reward model: transformers' `score.weight`, and no `lm_head.weight` for an untied model) builds too: the
+ * score head is left for models/reward.ts to read, and the model is marked `headless` (no token logits).
+ */
 export function buildModel(config: ModelConfig, weights: Map<string, RawTensor>, opts: BuildOptions = {}): CausalLM {
+  const headless = weights.has(SCORE_WEIGHT) && !config.tieEmbeddings && !weights.has('lm_head.weight') && !bnbQuantStateKey(weights, 'lm_head');
+  // The decoder code builds an lm_head unless the embedding is tied; a headless checkpoint has none to build.
+  if (headless) config = { ...config, tieEmbeddings: true };
   const want = opts.dtype ?? 'auto';
   const used = new Set<string>();
   const tensor = (name: string, shape: number[], big: boolean): Tensor => {
@@ -135,7 +143,8 @@ export function buildModel(config: ModelConfig, weights: Map<string, RawTensor>,
   };
   const model = config.arch === 'gpt2' ? new Gpt2LMHeadModel(config, weight, makeLinear) : new LlamaForCausalLM(config, weight, makeLinear);
   for (const [, p] of model.namedParameters()) p.persistent = true;
-  const unused = [...weights.keys()].filter((k) => !used.has(k) && !/\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$/.test(k));
+  model.headless = headless;
+  const unused = [...weights.keys()].filter((k) => !used.has(k) && k !== SCORE_WEIGHT && !/\.attn\.(masked_)?bias$|rotary_emb\.inv_freq$/.test(k));
   if (unused.length) throw new UserError(`the checkpoint has tensors this architecture does not use: ${unused.slice(0, 5).join(', ')}${unused.length > 5 ? ', ...' : ''}`);
   return model;
 }

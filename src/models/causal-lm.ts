@@ -2,6 +2,7 @@
  * What every causal LM in ajuste offers: the hidden states of a batch, logits, the next-token loss
  * (labels shifted inside, as transformers does), and incremental decoding with a KV cache.
  */
+import { UserError } from '../errors.js';
 import { Module } from '../nn/module.js';
 import type { AttentionShape } from '../nn/ops/attention.js';
 import { IGNORE_INDEX, linearCrossEntropy } from '../nn/ops/loss.js';
@@ -56,6 +57,11 @@ export interface KvCache {
 export abstract class CausalLM extends Module {
   /** Set by prompt tuning / prefix tuning (peft/); null for a plain model. */
   promptHook: PromptHook | null = null;
+  /**
+   * Built from a sequence-classification checkpoint that has no lm_head (a reward model saved by transformers
+   * or ajuste, models/build.ts): lmHeadWeight() is only a stand-in, so logits and the next-token loss refuse.
+   */
+  headless = false;
 
   constructor(readonly config: ModelConfig) {
     super();
@@ -82,8 +88,26 @@ export abstract class CausalLM extends Module {
     };
   }
 
+  /**
+   * Adds a head beside the decoder, e.g. a reward model's `score` (models/reward.ts). Its parameters are named
+   * under `name` as transformers names them (score.weight), so saving, checkpoints and PEFT's modules_to_save
+   * find them like any other parameter.
+   */
+  addHead<M extends Module>(name: string, head: M): M {
+    if (this.children[name]) throw new Error(`the model already has a module '${name}'`);
+    return this.addModule(name, head);
+  }
+
+  /** The output projection for logits and the next-token loss (refused for a headless reward model). */
+  lmHead(): Tensor {
+    if (this.headless) {
+      throw new UserError('this model is a reward model (a score head and no lm_head): it scores sequences, it does not predict tokens', 'score preference pairs with ajuste eval --data pairs.jsonl, or load the causal LM it was trained from');
+    }
+    return this.lmHeadWeight();
+  }
+
   logits(hidden: Tensor): Tensor {
-    return linear(hidden, this.lmHeadWeight());
+    return linear(hidden, this.lmHead());
   }
 
   /**
@@ -94,7 +118,7 @@ export abstract class CausalLM extends Module {
   loss(hidden: Tensor, labels: Int32Array, batch: Batch, reduction: 'mean' | 'sum' = 'mean'): Tensor {
     const shifted = shiftLabels(labels, batch);
     const h = hidden.reshape([batch.B * batch.T, this.config.hidden]);
-    return linearCrossEntropy(h, this.lmHeadWeight(), shifted, { reduction });
+    return linearCrossEntropy(h, this.lmHead(), shifted, { reduction });
   }
 }
 

@@ -6,9 +6,10 @@ import { existsSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { UserError } from '../errors.js';
 import { readSafetensorsFolder } from '../io/safetensors.js';
-import { type BuildOptions, buildModel } from './build.js';
+import { type BuildOptions, buildModel, type RawTensor } from './build.js';
 import type { CausalLM } from './causal-lm.js';
 import { type ModelConfig, parseModelConfig } from './config.js';
+import { SCORE_WEIGHT } from './reward.js';
 
 export function readJson(file: string): Record<string, unknown> {
   let text: string;
@@ -40,6 +41,8 @@ export interface LoadedModel {
   config: ModelConfig;
   dir: string;
   generationConfig: Record<string, unknown>;
+  /** `score.weight` when the folder is a reward model (transformers' *ForSequenceClassification), else null. */
+  scoreWeight: RawTensor | null;
 }
 
 /** Loads a local model folder. `dtype` 'auto' keeps bf16 weights bf16 in memory (as torch_dtype says). */
@@ -47,5 +50,5 @@ export function loadModelFolder(dir: string, opts: BuildOptions = {}): LoadedMod
   const config = readModelConfig(dir);
   const weights = readSafetensorsFolder(dir, { copy: opts.writable ?? false });
   const model = buildModel(config, weights.tensors, opts);
-  return { model, config, dir, generationConfig: readGenerationConfig(dir) };
+  return { model, config, dir, generationConfig: readGenerationConfig(dir), scoreWeight: weights.tensors.get(SCORE_WEIGHT) ?? null };
 }

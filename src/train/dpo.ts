@@ -44,7 +44,7 @@ export function sequenceLogProbs(model: CausalLM, hidden: Tensor, b: PairBatch):
   const N = b.B * b.T;
   const seq = new Int32Array(N);
   for (let i = 0; i < N; i++) seq[i] = Math.floor(i / b.T);
-  return linearSequenceLogProbs(hidden.reshape([N, model.config.hidden]), model.lmHeadWeight(), shiftLabels(b.labels, b), seq, b.B);
+  return linearSequenceLogProbs(hidden.reshape([N, model.config.hidden]), model.lmHead(), shiftLabels(b.labels, b), seq, b.B);
 }
 
 export function dpoObjective(model: CausalLM, o: DpoOptions, dropout = false): Objective<PairBatch> {
