@@ -83,6 +83,8 @@ export function tokenizeExample(record: DataRecord, tok: Tokenizer, opts: Tokeni
 export interface TokenizedPreference {
   chosen: TokenizedExample;
   rejected: TokenizedExample;
+  /** The record's margin (reward modelling), when it has one. */
+  margin?: number;
 }
 
 /** Preference pairs: prompt+chosen and prompt+rejected, each trained on its completion only (TRL DPO / reward). */
@@ -100,7 +102,9 @@ export function tokenizePreference(record: PreferenceRecord, tok: Tokenizer, opt
       : { kind: 'prompt-completion', source: record.source, prompt: (record.prompt as string | null) ?? '', completion: completion as string };
     return tokenizeExample(r, tok, { ...opts, completionOnlyLoss: opts.completionOnlyLoss ?? true, assistantOnlyLoss: false });
   };
-  return { chosen: one(record.chosen), rejected: one(record.rejected) };
+  const pair: TokenizedPreference = { chosen: one(record.chosen), rejected: one(record.rejected) };
+  if (record.margin !== undefined) pair.margin = record.margin;
+  return pair;
 }
 
 export interface TokenizeDatasetResult {

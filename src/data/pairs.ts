@@ -1,8 +1,9 @@
 /**
- * Preference pairs for DPO (TRL's DataCollatorForPreference): each batch of P pairs is one DataBatch of 2P
- * right-padded rows, [chosen_0 .. chosen_P-1, rejected_0 .. rejected_P-1], with the labels on the completion
- * tokens only (tokenizePreference). The batch carries the pairs' indices and the reference model's
- * log-probabilities of its rows, computed once before training (referenceLogProbs in train/dpo.ts).
+ * Preference pairs for DPO and reward modelling (TRL's DataCollatorForPreference): each batch of P pairs is one
+ * DataBatch of 2P right-padded rows, [chosen_0 .. chosen_P-1, rejected_0 .. rejected_P-1], with the labels on
+ * the completion tokens only (tokenizePreference). The batch carries the pairs' indices, the reference model's
+ * log-probabilities of its rows, computed once before training (referenceLogProbs in train/dpo.ts; DPO only),
+ * and the pairs' margins when the data has them (reward modelling).
  */
 import { type DataBatch, type LoaderPosition, BatchLoader, collateRows, exampleRow } from './packing.js';
 import type { TokenizedPreference } from './dataset.js';
@@ -18,6 +19,8 @@ export interface PairBatch extends DataBatch {
   ref: Float64Array;
   /** [2P] completion tokens (labels that are not -100) of each row. */
   completionTokens: Int32Array;
+  /** [P] the pairs' margins, when the pairs have them (TRL's `margin` column, reward modelling). */
+  margin?: Float64Array;
 }
 
 export interface PairLoaderOptions {
@@ -88,6 +91,8 @@ export class PairLoader {
       ref[p] = this.ref[2 * i]!;
       ref[P + p] = this.ref[2 * i + 1]!;
     });
-    return { ...b, pairs: P, indices, ref, completionTokens };
+    const out: PairBatch = { ...b, pairs: P, indices, ref, completionTokens };
+    if (P > 0 && pairs[indices[0]!]!.margin !== undefined) out.margin = Float64Array.from(indices, (i) => pairs[i]!.margin ?? Number.NaN);
+    return out;
   }
 }

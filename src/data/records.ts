@@ -9,7 +9,8 @@
  *   {prompt, completion}                     prompt-completion; both strings, or both message lists (conversational)
  *   {instruction, input?, output}            Alpaca, rendered to prompt-completion with the Stanford Alpaca prompt
  *                                            (ALPACA_PROMPT / ALPACA_PROMPT_NO_INPUT below; `output` is the completion)
- *   {prompt?, chosen, rejected}              preference pairs (standard or conversational; prompt may be implicit)
+ *   {prompt?, chosen, rejected}              preference pairs (standard or conversational; prompt may be implicit),
+ *                                            with an optional numeric `margin` (TRL's reward-modelling column)
  * Optional columns kept: `tools` (list or JSON string) and `chat_template_kwargs` (object). Other keys are ignored.
  */
 import { closeSync, openSync, readFileSync, readSync } from 'node:fs';
@@ -54,6 +55,8 @@ export interface PreferenceRecord extends Common {
   chosen: string | ChatMessage[];
   rejected: string | ChatMessage[];
   conversational: boolean;
+  /** TRL's optional `margin` column: a reward model is trained on −log σ(r_chosen − r_rejected − margin). */
+  margin?: number;
 }
 
 export type DataRecord =
@@ -480,7 +483,14 @@ export function parseRecord(value: unknown, source: SourceRef, opts: ReadOptions
     const side = (k: string): string | ChatMessage[] => (conversational ? parseMessages(obj[k], k, source) : requireString(obj, k, source));
     let prompt: string | ChatMessage[] | null = null;
     if (has('prompt')) prompt = conversational ? parseMessages(obj.prompt, 'prompt', source) : requireString(obj, 'prompt', source);
-    return { ...common, kind: 'preference', prompt, chosen: side('chosen'), rejected: side('rejected'), conversational };
+    const record: PreferenceRecord = { ...common, kind: 'preference', prompt, chosen: side('chosen'), rejected: side('rejected'), conversational };
+    if (has('margin')) {
+      // A CSV cell is a string: a number written in it is read as that number.
+      const v = typeof obj.margin === 'string' && obj.margin.trim() !== '' ? Number(obj.margin) : obj.margin;
+      if (typeof v !== 'number' || !Number.isFinite(v)) throw new RecordError(source, `"margin" must be a finite number, got ${typeof obj.margin === 'string' ? JSON.stringify(obj.margin) : describe(obj.margin)}`);
+      record.margin = v;
+    }
+    return record;
   }
   if (has('messages') || has('conversations')) {
     const field = has('messages') ? 'messages' : 'conversations';
