@@ -1,8 +1,11 @@
 /**
  * Saving and loading LoRA adapters in Hugging Face PEFT's layout: adapter_config.json +
  * adapter_model.safetensors with keys base_model.model.<module path>.lora_A.weight etc. (no adapter
- * name), metadata {"format": "pt"}. Loading accepts keys with an adapter name (".lora_A.default.weight")
- * too, as PEFT writes in memory.
+ * name), metadata {"format": "pt"}. Loading accepts keys with an adapter name (".lora_A.default.weight",
+ * ".modules_to_save.default.weight") too, as PEFT has them in memory.
+ *
+ * A reward model's adapter (task_type SEQ_CLS) also holds its score head, saved as PEFT saves a
+ * modules_to_save classifier: base_model.model.score.weight [1, hidden]; loadRewardAdapter reads it.
  */
 import { existsSync, mkdirSync, readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,6 +15,7 @@ import { bf16ToF32 } from '../io/dtypes.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { isConv1dWeight } from '../models/build.js';
 import type { CausalLM } from '../models/causal-lm.js';
+import { RewardModel, SCORE_WEIGHT } from '../models/reward.js';
 import { Rng } from '../tensor/rng.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { adapterConfigJson, type LoraConfig, parseAdapterConfig } from './config.js';
@@ -61,6 +65,7 @@ export function loadAdapterWeights(dir: string, model: CausalLM, applied: LoraAp
     // Strip an adapter name PEFT may leave in ('.lora_A.default.weight', '.lora_magnitude_vector.default.weight').
     const key = rawKey
       .replace(/\.(lora_[AB])\.[^.]+\.weight$/, '.$1.weight')
+      .replace(/\.modules_to_save\.[^.]+\.(weight|bias)$/, '.$1')
       .replace(/\.lora_magnitude_vector\.[^.]+(\.weight)?$/, '.lora_magnitude_vector')
       .replace(/\.lora_magnitude_vector\.weight$/, '.lora_magnitude_vector');
     const p = byKey.get(key);
@@ -83,8 +88,30 @@ export function loadAdapterWeights(dir: string, model: CausalLM, applied: LoraAp
 /** Applies the adapter in dir to a loaded base model (for generation, evaluation, merging or more training). */
 export function loadAdapter(dir: string, model: CausalLM): { config: LoraConfig; applied: LoraApplied } {
   const config = readAdapterConfig(dir);
+  if (config.task_type === 'SEQ_CLS' && !model.namedModules().some(([p]) => p === 'score')) {
+    throw new UserError(`${dir} is a reward model's adapter (task_type SEQ_CLS, with a score head): it scores sequences, it does not generate`, 'score preference pairs with: ajuste eval --model BASE --adapter DIR --data pairs.jsonl');
+  }
   const rng = new Rng(0);
   const applied = applyLora(model, config, rng, rng);
   loadAdapterWeights(dir, model, applied);
   return { config, applied };
+}
+
+/**
+ * Loads a reward model's adapter (task_type SEQ_CLS) onto its base: the saved score head
+ * (base_model.model.score.weight) is attached first, then LoRA is applied and every tensor read.
+ */
+export function loadRewardAdapter(dir: string, model: CausalLM, padId: number | null): { config: LoraConfig; applied: LoraApplied; reward: RewardModel } {
+  const config = readAdapterConfig(dir);
+  if (config.task_type !== 'SEQ_CLS') {
+    throw new UserError(`${dir} is not a reward model's adapter: its task_type is ${config.task_type}, a reward model's is SEQ_CLS`, 'train one with trainer: reward');
+  }
+  const file = join(dir, 'adapter_model.safetensors');
+  if (!existsSync(file)) throw new UserError(`${dir} has no adapter_model.safetensors`);
+  const f = readSafetensors(file, { copy: true });
+  const key = [...f.tensors.keys()].find((k) => k.replace(/\.modules_to_save\.[^.]+\.weight$/, '.weight') === `base_model.model.${SCORE_WEIGHT}`);
+  if (!key) throw new UserError(`${file} has no score head (base_model.model.${SCORE_WEIGHT})`, 'was it saved with task_type SEQ_CLS by PEFT or ajuste?');
+  const reward = RewardModel.attach(model, { padId, weight: f.tensors.get(key)!, source: file });
+  const { applied } = loadAdapter(dir, model);
+  return { config, applied, reward };
 }

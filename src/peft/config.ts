@@ -23,6 +23,22 @@ export interface LoraConfig {
   init_lora_weights: boolean | 'gaussian';
   fan_in_fan_out: boolean;
   lora_bias: boolean;
+  /** CAUSAL_LM, or SEQ_CLS for a reward model (PEFT's PeftModelForSequenceClassification: the score head trains and is saved). */
+  task_type: TaskType;
+}
+
+export type TaskType = 'CAUSAL_LM' | 'SEQ_CLS';
+
+/**
+ * The classifier heads PEFT's PeftModelForSequenceClassification adds to modules_to_save (whichever the model
+ * has: transformers' causal LMs name it `score`), in this order (huggingface/peft peft_model.py).
+ */
+export const SEQ_CLS_MODULES = ['classifier', 'score'] as const;
+
+/** modules_to_save as PEFT has it after wrapping the model: for SEQ_CLS the user's list + classifier, score. */
+export function peftModulesToSave(c: Pick<LoraConfig, 'modules_to_save' | 'task_type'>): string[] | null {
+  if (c.task_type !== 'SEQ_CLS') return c.modules_to_save;
+  return [...(c.modules_to_save ?? []), ...SEQ_CLS_MODULES];
 }
 
 export const LORA_DEFAULTS: LoraConfig = {
@@ -42,6 +58,7 @@ export const LORA_DEFAULTS: LoraConfig = {
   init_lora_weights: true,
   fan_in_fan_out: false,
   lora_bias: false,
+  task_type: 'CAUSAL_LM',
 };
 
 /** PEFT's default target modules per model_type (TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING). */
@@ -57,6 +74,7 @@ export function loraConfig(partial: Partial<LoraConfig> = {}): LoraConfig {
   if (!Number.isInteger(c.r) || c.r <= 0) throw new UserError(`lora.r must be a positive integer, got ${c.r}`);
   if (!(c.lora_dropout >= 0 && c.lora_dropout < 1)) throw new UserError(`lora.lora_dropout must be in [0, 1), got ${c.lora_dropout}`);
   if (c.lora_bias) throw new UserError('lora.lora_bias (a bias on lora_B) is not supported yet');
+  if (c.task_type !== 'CAUSAL_LM' && c.task_type !== 'SEQ_CLS') throw new UserError(`lora.task_type must be CAUSAL_LM or SEQ_CLS, got ${JSON.stringify(c.task_type)}`);
   return c;
 }
 
@@ -95,7 +113,7 @@ export function adapterConfigJson(
     lora_ga_config: null,
     megatron_config: null,
     megatron_core: 'megatron.core',
-    modules_to_save: c.modules_to_save,
+    modules_to_save: peftModulesToSave(c),
     monteclora_config: null,
     peft_type: 'LORA',
     peft_version: meta.peftVersion ?? '0.20.0',
@@ -106,7 +124,7 @@ export function adapterConfigJson(
     // A regex stays a string; a list is written as the set of modules PEFT would match.
     target_modules: typeof c.target_modules === 'string' && c.target_modules !== 'all-linear' ? c.target_modules : meta.targetModules,
     target_parameters: null,
-    task_type: meta.taskType ?? 'CAUSAL_LM',
+    task_type: meta.taskType ?? c.task_type,
     trainable_token_indices: null,
     use_bdlora: null,
     use_dora: c.use_dora,
@@ -129,6 +147,13 @@ export function parseAdapterConfig(json: Record<string, unknown>, file: string):
   const c = out as unknown as LoraConfig;
   if (json.init_lora_weights !== undefined && typeof json.init_lora_weights === 'string' && json.init_lora_weights !== 'gaussian') {
     c.init_lora_weights = true; // initialisation does not matter when loading trained weights
+  }
+  // Causal LM adapters may say null or CAUSAL_LM; SEQ_CLS is a reward model (or classifier) with its head saved.
+  c.task_type = json.task_type === 'SEQ_CLS' ? 'SEQ_CLS' : 'CAUSAL_LM';
+  if (c.task_type === 'SEQ_CLS' && c.modules_to_save) {
+    // The heads PEFT added on wrapping are implied by SEQ_CLS (written once again on saving).
+    const own = c.modules_to_save.filter((m) => !(SEQ_CLS_MODULES as readonly string[]).includes(m));
+    c.modules_to_save = own.length ? own : null;
   }
   return c;
 }

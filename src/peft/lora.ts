@@ -14,7 +14,7 @@ import { Linear4bit } from '../quant/linear4bit.js';
 import { parameter } from '../tensor/autograd.js';
 import type { Rng } from '../tensor/rng.js';
 import { Tensor } from '../tensor/tensor.js';
-import { DEFAULT_TARGETS, type LoraConfig, loraScaling } from './config.js';
+import { DEFAULT_TARGETS, type LoraConfig, loraScaling, peftModulesToSave, SEQ_CLS_MODULES } from './config.js';
 import { doraWeightNorm, loraLinear } from './lora-op.js';
 
 export class LoraLinear extends Module implements LinearLike {
@@ -187,6 +187,8 @@ export function selectTargets(model: CausalLM, c: LoraConfig): string[] {
     const ex = c.exclude_modules;
     targets = targets.filter((p) => (typeof ex === 'string' ? !new RegExp(`^(?:${ex})$`).test(p) : !matchesList(p, ex)));
   }
+  // A sequence classifier's head trains in full (modules_to_save), never as a LoRA target (PEFT guards it).
+  if (c.task_type === 'SEQ_CLS') targets = targets.filter((p) => !matchesList(p, [...SEQ_CLS_MODULES]));
   if (c.layers_to_transform !== null) {
     const want = new Set(Array.isArray(c.layers_to_transform) ? c.layers_to_transform : [c.layers_to_transform]);
     targets = targets.filter((p) => {
@@ -209,10 +211,12 @@ export interface LoraApplied {
 
 /**
  * Wraps the targeted Linears of `model` in LoraLinear, freezes everything else, and makes
- * modules_to_save and the selected biases trainable.
+ * modules_to_save and the selected biases trainable. With task_type SEQ_CLS the classifier head
+ * (`score`, which models/reward.ts adds before) trains and is saved too, as PEFT does.
  */
 export function applyLora(model: CausalLM, c: LoraConfig, rng: Rng, dropoutRng: Rng): LoraApplied {
   for (const p of model.parameters()) p.requiresGrad = false;
+  const saved = peftModulesToSave(c);
   const targets = selectTargets(model, c);
   for (const path of targets) {
     const base = model.getModule(path) as Linear | Linear4bit;
@@ -226,7 +230,7 @@ export function applyLora(model: CausalLM, c: LoraConfig, rng: Rng, dropoutRng: 
     const isLora = /\.lora_(A|B)\.weight$|\.lora_magnitude_vector$/.test(name);
     const isBias = name.endsWith('.bias') && (c.bias === 'all' || (c.bias === 'lora_only' && name.endsWith('.base_layer.bias')));
     const moduleName = name.replace(/\.(weight|bias)$/, '');
-    const isSaved = c.modules_to_save !== null && matchesList(moduleName, c.modules_to_save);
+    const isSaved = saved !== null && matchesList(moduleName, saved);
     if (isLora || isBias || isSaved) {
       // Trainable copies are f32 (a bf16 base keeps its frozen weights in bf16).
       let t = p;
@@ -238,12 +242,11 @@ export function applyLora(model: CausalLM, c: LoraConfig, rng: Rng, dropoutRng: 
       trainable.push([name, t]);
     }
   }
-  if (c.modules_to_save) {
-    for (const m of c.modules_to_save) {
-      if (!trainable.some(([n]) => n.replace(/\.(weight|bias)$/, '').endsWith(m))) {
-        throw new UserError(`lora.modules_to_save: no module named '${m}' in this model`);
-      }
-    }
+  // The names the user gave must exist; of PEFT's SEQ_CLS heads, the one the model has (score) is enough.
+  const has = (m: string) => trainable.some(([n]) => n.replace(/\.(weight|bias)$/, '').endsWith(m));
+  for (const m of c.modules_to_save ?? []) if (!has(m)) throw new UserError(`lora.modules_to_save: no module named '${m}' in this model`);
+  if (c.task_type === 'SEQ_CLS' && !SEQ_CLS_MODULES.some(has)) {
+    throw new UserError('lora.task_type is SEQ_CLS but the model has no classifier head (score)', 'SEQ_CLS adapters are reward models: train them with trainer: reward, load them with ajuste eval');
   }
   return { targets, trainable };
 }

@@ -5,6 +5,8 @@
  * A 4-bit (QLoRA) base is dequantized, never re-quantized: the merged model is written in the dtype the
  * weights had before quantization (bf16/f16 for a 16-bit model, f32 for an f32 one) and config.json loses
  * its quantization_config; a log line says so.
+ * A reward model (a `score` head, models/reward.ts) is written as transformers' *ForSequenceClassification:
+ * the body and score.weight, no lm_head, config.json with that architecture, one label and the pad token id.
  */
 import { copyFileSync, existsSync, mkdirSync } from 'node:fs';
 import { join } from 'node:path';
@@ -13,6 +15,7 @@ import { bf16ToF32, f32ToBf16, f32ToF16 } from '../io/dtypes.js';
 import { writeSafetensors } from '../io/safetensors.js';
 import { isConv1dWeight } from '../models/build.js';
 import type { CausalLM } from '../models/causal-lm.js';
+import { rewardModelConfig } from '../models/reward.js';
 import { Linear4bit } from '../quant/linear4bit.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { LoraLinear } from './lora.js';
@@ -64,13 +67,19 @@ export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16' | 'F16'):
   return out;
 }
 
+export interface SaveMergedOptions {
+  onInfo?: (message: string) => void;
+  /** Write a reward model (AutoModelForSequenceClassification, num_labels 1) that pools at this pad id. */
+  reward?: { padTokenId: number };
+}
+
 /** Writes a merged Hugging Face folder to outDir, copying config and tokenizer files from baseDir. */
-export function saveMergedModel(model: CausalLM, baseDir: string, outDir: string, opts: { onInfo?: (message: string) => void } = {}): void {
+export function saveMergedModel(model: CausalLM, baseDir: string, outDir: string, opts: SaveMergedOptions = {}): void {
   mkdirSync(outDir, { recursive: true });
   const q4 = model.namedModules().map(([, m]) => m).filter((m): m is Linear4bit => m instanceof Linear4bit);
   for (const [, m] of model.namedModules()) if (m instanceof LoraLinear && m.merged && m.base4bit) q4.push(m.base4bit);
   let dtype: 'F32' | 'BF16' | 'F16' = model.config.torchDtype === 'bfloat16' ? 'BF16' : 'F32';
-  const raw: Record<string, unknown> = { ...model.config.raw };
+  const raw: Record<string, unknown> = opts.reward ? rewardModelConfig(model.config, opts.reward.padTokenId) : { ...model.config.raw };
   if (q4.length) {
     // Dequantize, never re-quantize: the dtype the weights had before quantization.
     const orig = q4[0]!.state.dtype;
@@ -80,7 +89,13 @@ export function saveMergedModel(model: CausalLM, baseDir: string, outDir: string
     const info = opts.onInfo ?? ((m: string) => process.stderr.write(`ajuste: ${m}\n`));
     info(`merging into a 4-bit base: ${q4.length} 4-bit layers dequantized; writing a ${orig} model without quantization_config (not re-quantized) to ${outDir}`);
   }
-  writeSafetensors(join(outDir, 'model.safetensors'), mergedStateDict(model, dtype), { format: 'pt' });
+  const tensors = mergedStateDict(model, dtype);
+  if (opts.reward) {
+    // A sequence classifier has no lm_head (transformers' *ForSequenceClassification); its head is score.
+    if (!tensors['score.weight']) throw new Error('saveMergedModel: reward requested but the model has no score head');
+    for (const k of Object.keys(tensors)) if (k.startsWith('lm_head.')) delete tensors[k];
+  }
+  writeSafetensors(join(outDir, 'model.safetensors'), tensors, { format: 'pt' });
   writeFileAtomic(join(outDir, 'config.json'), JSON.stringify(raw, null, 2) + '\n');
   for (const f of COPIED) if (existsSync(join(baseDir, f))) copyFileSync(join(baseDir, f), join(outDir, f));
 }
