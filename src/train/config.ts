@@ -50,7 +50,7 @@ export const LoraSection = z.strictObject({
   init_lora_weights: z.union([z.boolean(), z.literal('gaussian')]).default(true).describe('true: A Kaiming-uniform, B zero; gaussian: A normal(1/r); false: random B (tests only)'),
   fan_in_fan_out: z.boolean().default(false).describe('true for weights stored [in, out] (GPT-2 Conv1D)'),
   lora_bias: z.boolean().default(false).describe('a trained bias on lora_B'),
-  task_type: z.literal('CAUSAL_LM').default('CAUSAL_LM').describe('PEFT task type (only CAUSAL_LM)'),
+  task_type: z.enum(['CAUSAL_LM', 'SEQ_CLS']).default('CAUSAL_LM').describe("PEFT task type: CAUSAL_LM, or SEQ_CLS for a reward model (trainer reward's default: the score head trains and is saved with the adapter, as PEFT does)"),
 });
 
 export const PromptTuningSection = z.strictObject({
@@ -86,12 +86,23 @@ export const TrainConfigObject = z.strictObject({
   trust_remote_code: z.boolean().default(false).describe('must stay false: ajuste never runs code from a model repository'),
   init_from_scratch: z.boolean().default(false).describe('ajuste extension: random weights from config.json instead of the checkpoint (pretraining)'),
   // what training minimises
-  trainer: z.enum(['sft', 'dpo']).default('sft').describe("sft: next-token cross-entropy (TRL's SFTTrainer); dpo: Direct Preference Optimization on {prompt, chosen, rejected} records (TRL's DPOTrainer)"),
+  trainer: z
+    .enum(['sft', 'dpo', 'reward'])
+    .default('sft')
+    .describe(
+      "sft: next-token cross-entropy (TRL's SFTTrainer); dpo: Direct Preference Optimization on {prompt, chosen, rejected} records (TRL's DPOTrainer); reward: a reward model (a score head on the model) trained on the same records with the Bradley-Terry loss (TRL's RewardTrainer)",
+    ),
   beta: z.number().positive().default(0.1).describe('DPO: strength of the pull towards the reference model (TRL DPOConfig beta)'),
   loss_type: z.enum(DPO_LOSS_TYPES).default('sigmoid').describe('DPO loss: sigmoid (DPO), hinge (SLiC), ipo (IPO, length-averaged log-probabilities), robust (noisy labels, with label_smoothing)'),
   label_smoothing: z.number().min(0).lt(0.5).default(0).describe('DPO loss_type robust: the assumed fraction of flipped preference labels'),
-  disable_dropout: z.boolean().default(true).describe('DPO: train without dropout (TRL DPOConfig default)'),
+  disable_dropout: z.boolean().default(true).describe('DPO and reward: train without dropout (TRL DPOConfig and RewardConfig default)'),
   precompute_ref_log_probs: z.boolean().default(true).describe('DPO: ajuste always scores the reference once before training and saves it in output_dir (false is refused: it would give the same numbers, slower)'),
+  center_rewards_coefficient: z
+    .number()
+    .min(0)
+    .nullable()
+    .default(null)
+    .describe('trainer reward: adds this times mean((r_chosen + r_rejected)^2) to the loss, pulling rewards towards zero mean (TRL RewardConfig; 0.01 is its suggestion; null: off)'),
   // method
   method: z.enum(METHODS).default('lora').describe('what trains: lora, qlora (LoRA over a 4-bit base), full, bitfit (biases), ln_tuning (norms), ia3, prompt_tuning, prefix_tuning'),
   load_in_4bit: z.boolean().default(false).describe('quantize the frozen base to 4 bits (bitsandbytes layout); with method lora this is QLoRA'),
@@ -107,7 +118,7 @@ export const TrainConfigObject = z.strictObject({
   eval_dataset_path: z.string().nullable().default(null).describe('evaluation data file (same formats)'),
   eval_split: z.number().min(0).lt(1).default(0).describe('fraction of dataset_path held out for evaluation when there is no eval_dataset_path'),
   dataset_text_field: z.string().default('text').describe('the column holding plain text records'),
-  max_length: z.int().min(1).default(1024).describe('tokens per example (longer ones are truncated, keeping the start); the packed row length with packing'),
+  max_length: z.int().min(1).default(1024).describe('tokens per example (longer ones are truncated, keeping the start; with trainer reward, pairs with a longer side are left out, as TRL does); the packed row length with packing'),
   packing: z.boolean().default(false).describe('pack several examples into each max_length row (best-fit decreasing, no cross-attention)'),
   completion_only_loss: z.boolean().nullable().default(null).describe('loss on the completion only for prompt/completion records (null: yes, as TRL)'),
   assistant_only_loss: z.boolean().default(false).describe('loss on assistant turns only for messages records'),
@@ -121,7 +132,7 @@ export const TrainConfigObject = z.strictObject({
   per_device_train_batch_size: z.int().min(1).default(8).describe('examples per micro-batch'),
   per_device_eval_batch_size: z.int().min(1).default(8).describe('examples per evaluation batch'),
   gradient_accumulation_steps: z.int().min(1).default(1).describe('micro-batches per optimizer step'),
-  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; with trainer dpo DPOConfig's 1e-6); LoRA usually wants 1e-4 to 2e-4 for SFT"),
+  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; with trainer dpo DPOConfig's 1e-6, with trainer reward RewardConfig's 1e-4); LoRA usually wants 1e-4 to 2e-4 for SFT"),
   weight_decay: z.number().min(0).default(0).describe('AdamW decoupled weight decay (not applied to biases and norms)'),
   adam_beta1: z.number().min(0).lt(1).default(0.9).describe('AdamW beta1'),
   adam_beta2: z.number().min(0).lt(1).default(0.999).describe('AdamW beta2'),
@@ -170,6 +181,13 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   if (c.trainer === 'dpo' && c.packing) issue(['packing'], 'packing does not apply to trainer dpo: each pair is scored as whole rows (TRL padding_free is not implemented)');
   if (c.trainer === 'dpo' && c.completion_only_loss === false) issue(['completion_only_loss'], 'trainer dpo scores the completions only (the log-probability of chosen and rejected given the prompt); remove completion_only_loss');
   if (!c.precompute_ref_log_probs) issue(['precompute_ref_log_probs'], 'ajuste always precomputes the reference log-probabilities (the same values TRL computes per batch, as the reference is frozen); remove the key or set it to true');
+  if (c.trainer === 'reward' && c.packing) issue(['packing'], 'packing does not apply to trainer reward: each side of a pair is scored as a whole row (its last token gives the reward)');
+  if (c.trainer === 'reward' && (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning')) {
+    issue(['method'], `method ${c.method} is not available with trainer reward; use lora or qlora (PEFT adapter with the score head), or full, bitfit, ln_tuning (a full reward model)`);
+  }
+  if (c.trainer === 'reward' && c.lora.task_type !== 'SEQ_CLS') issue(['lora', 'task_type'], "trainer reward trains a sequence classifier: lora.task_type must be SEQ_CLS (its default with trainer reward)");
+  if (c.trainer !== 'reward' && c.lora.task_type === 'SEQ_CLS') issue(['lora', 'task_type'], `lora.task_type SEQ_CLS is for reward models (trainer: reward); trainer ${c.trainer} trains a causal LM (CAUSAL_LM)`);
+  if (c.trainer !== 'reward' && c.center_rewards_coefficient !== null) issue(['center_rewards_coefficient'], `center_rewards_coefficient is used by trainer reward only; trainer is '${c.trainer}'`);
   if (c.label_smoothing > 0 && c.loss_type !== 'robust') issue(['label_smoothing'], `label_smoothing is used by loss_type robust only (TRL dropped it from sigmoid in v0.29); loss_type is '${c.loss_type}'`);
   if (c.method === 'prompt_tuning' && c.prompt_tuning.num_virtual_tokens === null) issue(['prompt_tuning', 'num_virtual_tokens'], 'method prompt_tuning needs prompt_tuning.num_virtual_tokens');
   if (c.method === 'prompt_tuning' && c.prompt_tuning.prompt_tuning_init === 'TEXT' && !c.prompt_tuning.prompt_tuning_init_text) {
@@ -607,8 +625,11 @@ function validate(raw: Raw, src: ConfigSource): TrainConfig {
   const keyProblems: Located[] = [];
   checkKeys(raw, TrainConfigObject, [], src, keyProblems);
   if (keyProblems.length) fail(keyProblems);
-  // DPOConfig's learning-rate default differs from SFTConfig's (the schema's).
+  // DPOConfig's and RewardConfig's learning-rate defaults differ from SFTConfig's (the schema's).
   if (raw.trainer === 'dpo' && raw.learning_rate === undefined) raw.learning_rate = 1e-6;
+  if (raw.trainer === 'reward' && raw.learning_rate === undefined) raw.learning_rate = 1e-4;
+  // A reward model's adapter is PEFT's SEQ_CLS (the score head is saved with it).
+  if (raw.trainer === 'reward' && isPlainObject(raw.lora ?? {}) && (raw.lora as Raw | undefined)?.task_type === undefined) raw.lora = { ...((raw.lora as Raw | undefined) ?? {}), task_type: 'SEQ_CLS' };
   const parsed = TrainConfig.safeParse(raw);
   if (!parsed.success) fail(zodProblems(parsed.error.issues, raw, src));
   return parsed.data;

@@ -15,6 +15,7 @@ import { readSafetensors, readSafetensorsFolder, writeSafetensors as writeSafete
 import { buildModel, randomWeights, type RawTensor } from '../models/build.js';
 import type { CausalLM } from '../models/causal-lm.js';
 import { readModelConfig } from '../models/load.js';
+import { SCORE_WEIGHT } from '../models/reward.js';
 import { AdamW, decayGroups, type Optimizer, Sgd } from '../optim/adamw.js';
 import { AdamW8bit } from '../optim/adamw8bit.js';
 import { PagedAdamW } from '../optim/paged.js';
@@ -26,7 +27,7 @@ import { applyLora } from '../peft/lora.js';
 import { applyIa3, type Ia3Config } from '../peft/ia3.js';
 import { applyPrefixTuning, type PrefixTuningConfig } from '../peft/prefix-tuning.js';
 import { applyPromptTuning, type PromptTuningConfig } from '../peft/prompt-tuning.js';
-import { saveMergedModel } from '../peft/merge.js';
+import { type SaveMergedOptions, saveMergedModel } from '../peft/merge.js';
 import { parameter } from '../tensor/autograd.js';
 import { Rng } from '../tensor/rng.js';
 import type { Tensor } from '../tensor/tensor.js';
@@ -124,8 +125,12 @@ export interface Trainable {
   adapter: { save(dir: string): void; load(dir: string): void } | null;
 }
 
-/** Marks the parameters a method trains; returns them with their names. */
-export function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: LoraConfig, tok: Tokenizer, dropoutRng: Rng): Trainable {
+/**
+ * Marks the parameters a method trains; returns them with their names. `heads` (module names, e.g. a reward
+ * model's score) train in full with every method that saves a full model (full, bitfit, ln_tuning); PEFT
+ * methods train them through their own modules_to_save.
+ */
+export function selectTrainable(model: CausalLM, c: SftConfig, method: string, lora: LoraConfig, tok: Tokenizer, dropoutRng: Rng, heads: readonly string[] = []): Trainable {
   const seed = c.seed;
   const base = c.model_name_or_path;
   if (method === 'lora' || method === 'qlora') {
@@ -154,7 +159,7 @@ export function selectTrainable(model: CausalLM, c: SftConfig, method: string, l
   const trainable: [string, Tensor][] = [];
   for (const [name, p] of model.namedParameters()) {
     p.requiresGrad = false;
-    if (want(name)) trainable.push([name, parameter(p, name)]);
+    if (want(name) || heads.some((h) => name.startsWith(`${h}.`))) trainable.push([name, parameter(p, name)]);
   }
   if (trainable.length === 0) throw new UserError(`method '${method}' found nothing to train in this model (e.g. bitfit on a model without biases)`);
   return { trainable, adapter: null };
@@ -243,6 +248,8 @@ export interface LoadedModel {
   tok: Tokenizer;
   model: CausalLM;
   load4bit: Quant4Options | null;
+  /** `score.weight` of a reward model's checkpoint (transformers' *ForSequenceClassification), else null. */
+  scoreWeight: RawTensor | null;
 }
 
 export async function loadModelForTraining(c: SftConfig, info: (m: string) => void): Promise<LoadedModel> {
@@ -269,7 +276,7 @@ export async function loadModelForTraining(c: SftConfig, info: (m: string) => vo
         `${(bytes / numel).toFixed(4)} bytes/param for ${numel.toLocaleString('en-US')} base weights (+ ${(tables / 1024).toFixed(1)} KiB of code tables)`,
     );
   }
-  return { dir, modelConfig, tok, model, load4bit };
+  return { dir, modelConfig, tok, model, load4bit, scoreWeight: weights.get(SCORE_WEIGHT) ?? null };
 }
 
 /** What a method trains in a loaded model, how it is checkpointed, and the parameter counts (printed). */
@@ -285,12 +292,12 @@ export interface PreparedMethod {
  * Applies the method (LoRA, full, ...) to the loaded model and prints its parameter counts and the memory
  * the run should need, before it starts (the same arithmetic as `ajuste memory`) for `rows` rows a micro-batch.
  */
-export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: (m: string) => void): PreparedMethod {
+export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: (m: string) => void, heads: readonly string[] = []): PreparedMethod {
   const { model, modelConfig, tok, load4bit } = m;
   const method = c.method;
   const dropoutRng = new Rng(c.seed + 1);
   const lora = loraConfig(c.lora ?? {});
-  const { trainable, adapter } = selectTrainable(model, c, method, lora, tok, dropoutRng);
+  const { trainable, adapter } = selectTrainable(model, c, method, lora, tok, dropoutRng, heads);
   const totalParams = logicalParameterCount(model);
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
@@ -371,13 +378,13 @@ export async function trainWith(c: SftConfig, trainable: [string, Tensor][], run
 
 /**
  * The final artefacts in output_dir itself, as trainer.save_model() does: the adapter or the full model, the
- * tokenizer files, and train_results.json.
+ * tokenizer files, and train_results.json. `saveOptions` say how a full model is written (a reward model).
  */
-export function finishRun<T extends TrainResult>(c: SftConfig, m: LoadedModel, adapter: Trainable['adapter'], summary: T, info: (m: string) => void): T {
+export function finishRun<T extends TrainResult>(c: SftConfig, m: LoadedModel, adapter: Trainable['adapter'], summary: T, info: (m: string) => void, saveOptions: SaveMergedOptions = {}): T {
   if (!summary.stoppedEarly) {
     mkdirSync(c.output_dir, { recursive: true });
     if (adapter) adapter.save(c.output_dir);
-    else saveMergedModel(m.model, m.dir, c.output_dir);
+    else saveMergedModel(m.model, m.dir, c.output_dir, saveOptions);
     for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
       if (existsSync(join(m.dir, f))) copyFileSync(join(m.dir, f), join(c.output_dir, f));
     }

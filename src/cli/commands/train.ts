@@ -14,6 +14,8 @@ const SHOWN: [string, string][] = [
   ['grad_norm', 'gnorm'],
   ['rewards/accuracies', 'acc'],
   ['rewards/margins', 'margin'],
+  ['accuracy', 'acc'],
+  ['margin', 'margin'],
   ['tokens_per_second', 'tok/s'],
   ['peak_rss_mb', 'rss_mb'],
 ];
@@ -39,7 +41,7 @@ export function register(program: Command): void {
       const overrides = cmd.args.slice(hasFile ? 1 : 0);
       if (!hasFile && overrides.length === 0) throw new UserError('ajuste train needs a training config', 'ajuste train train.yaml [--key value ...]; see ajuste train --help');
       const config = loadTrainConfig(hasFile ? configPath : null, overrides);
-      ctx.info(`${ctx.err.bold('ajuste train')}: ${config.trainer === 'dpo' ? 'dpo, ' : ''}${config.method} on ${config.model_name_or_path} -> ${config.output_dir}`);
+      ctx.info(`${ctx.err.bold('ajuste train')}: ${config.trainer === 'sft' ? '' : `${config.trainer}, `}${config.method} on ${config.model_name_or_path} -> ${config.output_dir}`);
       ctx.debug(`resolved config: ${JSON.stringify(config)}`);
       const bar = new ProgressBar(config.max_steps > 0 ? config.max_steps : null, { stream: process.stderr });
       await runTraining(config, {
