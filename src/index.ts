@@ -13,10 +13,11 @@ export { kernels, setKernels, jsKernels } from './kernels/index.js';
 export { parseModelConfig, type ModelConfig } from './models/config.js';
 export { buildModel, randomWeights, type RawTensor } from './models/build.js';
 export { CausalLM, type Batch } from './models/causal-lm.js';
+export { RewardModel, pooledRows, rewardPadId } from './models/reward.js';
 // PEFT
 export { loraConfig, LORA_DEFAULTS, type LoraConfig } from './peft/config.js';
 export { applyLora, LoraLinear, selectTargets, setMerged } from './peft/lora.js';
-export { loadAdapter, saveAdapter } from './peft/adapter-io.js';
+export { loadAdapter, loadRewardAdapter, saveAdapter } from './peft/adapter-io.js';
 export { saveMergedModel, mergedStateDict } from './peft/merge.js';
 // optimisation and training
 export { AdamW, Sgd, clipGradNorm } from './optim/adamw.js';
@@ -41,6 +42,8 @@ export { loadTrainConfig, type TrainConfig } from './train/config.js';
 export { runSft, type SftConfig } from './train/sft.js';
 export { runDpo, dpoObjective, referenceLogProbs, type DpoConfig } from './train/dpo.js';
 export { dpoLoss, DPO_LOSS_TYPES, type DpoLossType } from './train/dpo-loss.js';
+export { runReward, rewardObjective, evaluateRewards, evaluateRewardFile, type RewardConfig, type RewardResult } from './train/reward.js';
+export { rewardLoss } from './train/reward-loss.js';
 export { PairLoader, type PairBatch } from './data/pairs.js';
 export { resolveModel } from './io/hub.js';
 export { estimateMemory } from './train/memory-estimate.js';

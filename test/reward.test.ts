@@ -22,7 +22,7 @@ import { backward, noGrad, parameter, scope } from '../src/tensor/autograd.js';
 import { Rng } from '../src/tensor/rng.js';
 import { Tensor } from '../src/tensor/tensor.js';
 import { loadTrainConfig } from '../src/train/config.js';
-import { evaluateRewardFile, runReward } from '../src/train/reward.js';
+import { evaluateRewardFile, preferenceRecords, runReward, tokenizeRewardPairs } from '../src/train/reward.js';
 import { rewardLoss } from '../src/train/reward-loss.js';
 import { runTraining } from '../src/train/run.js';
 import { makeTinyModelDir } from './e2e-helpers.js';
@@ -144,6 +144,21 @@ describe('loading reward checkpoints', () => {
   });
 });
 
+describe('reward data as TRL prepares it', () => {
+  it('prompt + side, EOS appended to standard sides; pairs with a side longer than max_length left out, not truncated', () => {
+    const tok = Tokenizer.fromFolder('models/ajuste-base-2m');
+    const records = preferenceRecords(parseRecords([{ prompt: 'Q: sky? A:', chosen: ' blue', rejected: ' green' }, { prompt: 'Q: sea? A:', chosen: ' wet', rejected: ' a very long and winding answer about water' }], 'p.jsonl').records);
+    const all = tokenizeRewardPairs(records, tok, 1024);
+    expect(all.filtered).toBe(0);
+    expect(Array.from(all.pairs[0]!.chosen.inputIds)).toEqual(tok.encode('Q: sky? A: blue<|endoftext|>'));
+    const n = all.pairs[1]!.rejected.inputIds.length;
+    const cut = tokenizeRewardPairs(records, tok, n - 1);
+    expect([cut.pairs.length, cut.filtered]).toEqual([1, 1]);
+    expect(cut.pairs[0]!.chosen.truncated).toBe(false);
+    expect(tokenizeRewardPairs(records, tok, n).filtered).toBe(0);
+  });
+});
+
 describe('preference records with a margin', () => {
   it('a numeric margin (also from a CSV cell) is kept; anything else is an error naming file:line', () => {
     const r = parseRecords([{ chosen: 'a', rejected: 'b', margin: 0.5 }, { prompt: 'p', chosen: 'a', rejected: 'b', margin: '2' }], 'm.jsonl').records;
@@ -246,6 +261,7 @@ describe('trainer: reward, full fine-tuning (tiny f32 model)', () => {
       warmup_ratio: 0, warmup_steps: 0, optim: 'adamw_torch', logging_steps: 1, save_steps: 100, seed: 3,
     };
     const r = await runReward(base);
+    expect([r.filtered, r.trainExamples]).toEqual([0, 8]);
     const rows = r.history.filter((h) => h.loss !== undefined);
     expect(rows.at(-1)!.loss!).toBeLessThan(rows[0]!.loss!);
 

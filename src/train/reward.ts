@@ -136,7 +136,10 @@ export function pairBatches(loader: PairLoader, batchSize: number): PairBatch[] 
   return Array.from({ length: Math.ceil(loader.size / batchSize) }, (_, k) => loader.batch(Array.from({ length: Math.min(batchSize, loader.size - k * batchSize) }, (_, j) => k * batchSize + j)));
 }
 
-export async function runReward(c: RewardConfig, hooks: RunHooks = {}): Promise<SftResult> {
+/** What a reward run reports: SFT's fields, with `filtered` (pairs left out for length) instead of truncations. */
+export type RewardResult = SftResult & { filtered: number };
+
+export async function runReward(c: RewardConfig, hooks: RunHooks = {}): Promise<RewardResult> {
   const info = hooks.onInfo ?? (() => {});
   if (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning') {
     throw new UserError(`method ${c.method} is not available with trainer reward`, 'use lora or qlora, or full, bitfit, ln_tuning');
@@ -181,7 +184,7 @@ export async function runReward(c: RewardConfig, hooks: RunHooks = {}): Promise<
     c,
     loaded,
     adapter,
-    { ...result, outputDir: c.output_dir, trainableParameters: trainableParams, totalParameters: totalParams, trainExamples: loader.size, evalExamples: evalLoader?.size ?? 0, truncated: train.filtered },
+    { ...result, outputDir: c.output_dir, trainableParameters: trainableParams, totalParameters: totalParams, trainExamples: loader.size, evalExamples: evalLoader?.size ?? 0, truncated: 0, filtered: train.filtered },
     info,
     { reward: { padTokenId: padId } },
   );
