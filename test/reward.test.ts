@@ -15,7 +15,8 @@ import { readSafetensors } from '../src/io/safetensors.js';
 import { buildModel } from '../src/models/build.js';
 import { loadModelFolder, readModelConfig } from '../src/models/load.js';
 import { pooledRows, RewardModel, rewardPadId } from '../src/models/reward.js';
-import { loraConfig } from '../src/peft/config.js';
+import { adapterConfigJson, loraConfig, parseAdapterConfig } from '../src/peft/config.js';
+import { saveMergedModel } from '../src/peft/merge.js';
 import { applyLora, peftKey } from '../src/peft/lora.js';
 import { loadAdapter, loadRewardAdapter } from '../src/peft/adapter-io.js';
 import { backward, noGrad, parameter, scope } from '../src/tensor/autograd.js';
@@ -137,6 +138,26 @@ describe('loading reward checkpoints', () => {
     const noHead = weights();
     noHead.delete('lm_head.weight');
     expect(() => buildModel(cfg, noHead)).toThrow(/no tensor 'lm_head.weight'/);
+  });
+  it('GPT-2: saved as GPT2ForSequenceClassification (transformer.* + score.weight) and read back with the same rewards', () => {
+    const { model } = loadModelFolder('test/fixtures/models/gpt2');
+    const rm = RewardModel.attach(model, { padId: 0, seed: 1 });
+    const b = { inputIds: Int32Array.of(5, 6, 7, 0, 8, 9, 0, 0), positionIds: Int32Array.of(0, 1, 2, 3, 0, 1, 0, 0), segIds: null, B: 2, T: 4 };
+    const want = noGrad(() => Array.from(rm.rewards(b).f));
+    const out = mkdtempSync(join(tmpdir(), 'ajuste-gpt2-reward-'));
+    saveMergedModel(model, 'test/fixtures/models/gpt2', out, { reward: { padTokenId: 0 } });
+    expect(JSON.parse(readFileSync(join(out, 'config.json'), 'utf8'))).toMatchObject({ architectures: ['GPT2ForSequenceClassification'], pad_token_id: 0 });
+    const l = loadModelFolder(out);
+    expect([...readSafetensors(join(out, 'model.safetensors')).tensors.keys()].every((k) => k.startsWith('transformer.') || k === 'score.weight')).toBe(true);
+    expect(noGrad(() => Array.from(RewardModel.attach(l.model, { padId: 0, weight: l.scoreWeight }).rewards(b).f))).toEqual(want);
+  });
+  it("SEQ_CLS adapter_config.json: modules_to_save as PEFT extends it, read back without PEFT's additions", () => {
+    const c = loraConfig({ task_type: 'SEQ_CLS', modules_to_save: ['embed_tokens'] });
+    const json = JSON.parse(adapterConfigJson(c, { baseModel: null, targetModules: ['q_proj'] }));
+    expect(json).toMatchObject({ task_type: 'SEQ_CLS', modules_to_save: ['embed_tokens', 'classifier', 'score'] });
+    expect(parseAdapterConfig(json, 'a.json')).toMatchObject({ task_type: 'SEQ_CLS', modules_to_save: ['embed_tokens'] });
+    expect(parseAdapterConfig({ ...json, modules_to_save: ['score', 'classifier', 'score'] }, 'a.json').modules_to_save).toBeNull();
+    expect(parseAdapterConfig({ ...json, task_type: null }, 'a.json').task_type).toBe('CAUSAL_LM');
   });
   it('a classifier with several labels is not a reward model', () => {
     const m = buildModel(cfg, weights());
