@@ -28,7 +28,7 @@ import { type DpoLossType, type DpoOptions, dpoLoss } from './dpo-loss.js';
 import {
   finishRun, loadModelForTraining, prepareMethod, resumePath, type RunHooks, type SftConfig, type SftResult,
   splitRecords, totalSteps, trainerSettings, trainWith,
-} from './sft.js';
+} from './recipe.js';
 import { type Objective, runTrainer } from './trainer.js';
 
 /** The keys of the training config DPO reads on top of the SFT ones (TRL DPOConfig names). */

@@ -24,7 +24,7 @@ import { rewardLoss } from './reward-loss.js';
 import {
   finishRun, loadModelForTraining, prepareMethod, resumePath, type RunHooks, type SftConfig, type SftResult,
   splitRecords, totalSteps, trainerSettings, trainWith,
-} from './sft.js';
+} from './recipe.js';
 import { type Objective, runTrainer } from './trainer.js';
 
 /** The keys of the training config reward modelling reads on top of the SFT ones (TRL RewardConfig names). */
