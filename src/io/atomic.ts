@@ -29,14 +29,34 @@ export function tempPathFor(path: string): string {
  * Creates the parent directory if needed. On any error the temp file is removed and the target is untouched.
  */
 export function writeFileAtomic(path: string, data: Uint8Array | string | Uint8Array[]): void {
+  const chunks = typeof data === 'string' ? [Buffer.from(data, 'utf8')] : Array.isArray(data) ? data : [data];
+  writeFileAtomicWith(path, (write) => {
+    for (const c of chunks) write(c);
+  });
+}
+
+/**
+ * As writeFileAtomic, for output produced piece by piece: `fill` receives a `write(chunk)` function and calls it
+ * as often as it likes (each chunk is written before the next is made, so a large file never sits in memory).
+ * An error thrown by `fill` is rethrown as it is (after the temp file is removed); an I/O error becomes
+ * "cannot write PATH: ...".
+ */
+export function writeFileAtomicWith(path: string, fill: (write: (chunk: Uint8Array) => void) => void): void {
   const dir = dirname(path);
   mkdirSync(dir, { recursive: true });
   const tmp = tempPathFor(path);
-  const chunks = typeof data === 'string' ? [Buffer.from(data, 'utf8')] : Array.isArray(data) ? data : [data];
   let fd: number | undefined;
+  let fromFill = false;
   try {
     fd = openSync(tmp, 'wx', 0o666);
-    for (const c of chunks) writeAllSync(fd, c);
+    const out = fd;
+    fromFill = true;
+    fill((chunk) => {
+      fromFill = false;
+      writeAllSync(out, chunk);
+      fromFill = true;
+    });
+    fromFill = false;
     fsyncSync(fd);
     closeSync(fd);
     fd = undefined;
@@ -54,6 +74,7 @@ export function writeFileAtomic(path: string, data: Uint8Array | string | Uint8A
     } catch {
       // the temp file may not exist
     }
+    if (fromFill) throw e;
     throw new Error(`cannot write ${path}: ${(e as Error).message}`, { cause: e });
   }
   fsyncDir(dir);
