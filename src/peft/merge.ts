@@ -22,14 +22,25 @@ import { LoraLinear } from './lora.js';
 
 const COPIED = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'chat_template.jinja', 'chat_template.json', 'vocab.json', 'merges.txt'];
 
+/** One weight of the merged model; `data()` computes it (so a caller can convert and drop it before the next one). */
+export interface MergedTensor {
+  /** transformers' parameter name. */
+  name: string;
+  /** Shape in ajuste's orientation: Linear weights [out, in], GPT-2's Conv1D weights included. */
+  shape: number[];
+  /** A GPT-2 Conv1D weight (stored transposed, [in, out], in a transformers checkpoint). */
+  conv1d: boolean;
+  /** f32 values (may be a view of the model's own weights: do not write into it). */
+  data(): Float32Array;
+}
+
 /**
- * The model's state dict under transformers' names, LoRA merged; `dtype` 'bf16' stores matrices
- * in BF16 (norms and biases too, as transformers saves a bf16 model), else F32.
+ * The model's weights under transformers' names with every LoRA update merged (W + s·B·A, DoRA rescaled) and
+ * 4-bit layers dequantized, one tensor at a time. Adapter tensors and bitsandbytes side tensors are left out.
  */
-export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16' | 'F16'): Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> {
-  const out: Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> = {};
-  const mergedWeights = new Map<string, Float32Array>();
-  for (const [path, m] of model.namedModules()) if (m instanceof LoraLinear) mergedWeights.set(`${path}.weight`, m.mergedWeight());
+export function* mergedTensors(model: CausalLM): Generator<MergedTensor> {
+  const loras = new Map<string, LoraLinear>();
+  for (const [path, m] of model.namedModules()) if (m instanceof LoraLinear) loras.set(`${path}.base_layer.weight`, m);
   // 4-bit layers: their packed weight param stands for the dequantized weight; the bnb side tensors are dropped.
   const quant = new Map<Tensor, Linear4bit>();
   const bnbSide = new Set<Tensor>();
@@ -43,26 +54,35 @@ export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16' | 'F16'):
   for (const [name0, p] of model.namedParameters()) {
     if (/\.lora_(A|B)\.weight$|\.lora_magnitude_vector$/.test(name0) || bnbSide.has(p)) continue;
     const name = name0.replace('.base_layer.', '.');
-    let data: Float32Array;
-    let shape = [...p.shape];
-    const merged = mergedWeights.get(name0.replace('.base_layer.weight', '.weight'));
+    const lora = loras.get(name0);
     const q4 = quant.get(p);
-    if (merged && name0.endsWith('.base_layer.weight')) {
-      data = merged;
-      if (q4) shape = [q4.outFeatures, q4.inFeatures];
-    } else if (q4) {
-      data = q4.denseWeight();
-      shape = [q4.outFeatures, q4.inFeatures];
-    } else if (p.dtype === 'bf16') data = bf16ToF32(p.data as Uint16Array);
-    else data = p.f as Float32Array;
-    if (isConv1dWeight(model.config, name)) {
+    const shape = q4 ? [q4.outFeatures, q4.inFeatures] : lora ? [lora.outFeatures, lora.inFeatures] : [...p.shape];
+    const data = (): Float32Array => {
+      if (lora) return lora.mergedWeight();
+      if (q4) return q4.denseWeight();
+      return p.dtype === 'bf16' ? bf16ToF32(p.data as Uint16Array) : (p.f as Float32Array);
+    };
+    yield { name, shape, conv1d: isConv1dWeight(model.config, name), data };
+  }
+}
+
+/**
+ * The model's state dict under transformers' names, LoRA merged; `dtype` 'bf16' stores matrices
+ * in BF16 (norms and biases too, as transformers saves a bf16 model), else F32.
+ */
+export function mergedStateDict(model: CausalLM, dtype: 'F32' | 'BF16' | 'F16'): Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> {
+  const out: Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> = {};
+  for (const t of mergedTensors(model)) {
+    let data = t.data();
+    let shape = t.shape;
+    if (t.conv1d) {
       const [o, i] = shape as [number, number];
-      const t = new Float32Array(data.length);
-      for (let r = 0; r < o; r++) for (let c = 0; c < i; c++) t[c * o + r] = data[r * i + c]!;
-      data = t;
+      const tr = new Float32Array(data.length);
+      for (let r = 0; r < o; r++) for (let c = 0; c < i; c++) tr[c * o + r] = data[r * i + c]!;
+      data = tr;
       shape = [i, o];
     }
-    out[name] = dtype === 'BF16' ? { dtype: 'BF16', shape, data: f32ToBf16(data) } : dtype === 'F16' ? { dtype: 'F16', shape, data: f32ToF16(data) } : { dtype: 'F32', shape, data };
+    out[t.name] = dtype === 'BF16' ? { dtype: 'BF16', shape, data: f32ToBf16(data) } : dtype === 'F16' ? { dtype: 'F16', shape, data: f32ToF16(data) } : { dtype: 'F32', shape, data };
   }
   return out;
 }
