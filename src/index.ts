@@ -34,6 +34,8 @@ export { packSequences, collateRows, BatchLoader, batches } from './data/packing
 export { loadBrownText } from './data/brown.js';
 // io and evaluation
 export { readSafetensors, writeSafetensors, readSafetensorsFolder } from './io/safetensors.js';
+export { readGguf, parseGguf, writeGguf, ggufTensorF32, quantizeQ8_0, dequantizeQ8_0, gv, type GgufFile, type GgufValue } from './io/gguf.js';
+export { exportGguf, exportGgufVocab, exportLoraGguf, type GgufOutType } from './peft/gguf-export.js';
 export { loadModelFolder } from './models/load.js';
 export { evaluateFile } from './eval/perplexity.js';
 // the training entry point and its config

@@ -9,6 +9,7 @@ import { Command } from 'commander';
 import * as configCommand from './commands/config.js';
 import * as demoCommand from './commands/demo.js';
 import * as evalCommand from './commands/eval.js';
+import * as exportCommand from './commands/export.js';
 import * as generateCommand from './commands/generate.js';
 import * as mergeCommand from './commands/merge.js';
 import * as tokenizerCommand from './commands/tokenizer.js';
@@ -25,6 +26,7 @@ const COMMANDS: { register(program: Command): void }[] = [
   generateCommand,
   evalCommand,
   mergeCommand,
+  exportCommand,
   quantizeCommand,
   memoryCommand,
   tokenizerCommand,

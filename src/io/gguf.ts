@@ -770,6 +770,7 @@ export function ggufTensorF32(f: GgufFile, name: string, bytes?: Uint8Array): Fl
 /** A short printable form of a metadata value (long arrays abbreviated), for `ajuste export --inspect`. */
 export function describeGgufValue(v: GgufValue, maxItems = 8): string {
   const one = (x: unknown) => (typeof x === 'string' ? JSON.stringify(x.length > 80 ? `${x.slice(0, 77)}...` : x) : String(x));
+  if (v.type === 'f32') return `f32 ${Number(v.value.toPrecision(9))}`; // the float32, without its double's tail
   if (v.type !== 'array') return `${v.type} ${one(v.value)}`;
   const items = Array.from(v.value as ArrayLike<unknown>).slice(0, maxItems).map(one);
   return `[${v.itemType} x ${v.value.length}] ${items.join(', ')}${v.value.length > maxItems ? ', ...' : ''}`;
