@@ -120,7 +120,7 @@ export function rolloutTargets(r: RolloutArrays, o: PpoRewardOptions): RolloutTa
   const paddingMask = new Uint8Array(N), paddingMaskP1 = new Uint8Array(N);
   const logprobs = new Float64Array(N), refLogprobs = new Float64Array(N), values = new Float64Array(N);
   const kl = new Float64Array(N), nonScoreReward = new Float64Array(N);
-  let rewards = new Float64Array(N);
+  let rewards: Float64Array = new Float64Array(N);
   for (let b = 0; b < B; b++) {
     const len = r.seqLens[b]!;
     for (let t = 0; t < R; t++) {
