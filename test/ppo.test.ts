@@ -1,8 +1,13 @@
 // PPO: the maths against PyTorch (tools/fixtures/ppo.py mirrors TRL's PPOTrainer), the autograd wrapper.
-import { readFileSync } from 'node:fs';
+import { cpSync, mkdtempSync, readFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
 import { backward, parameter } from '../src/tensor/autograd.js';
 import { Tensor } from '../src/tensor/tensor.js';
+import { readSafetensors } from '../src/io/safetensors.js';
+import { loadTrainConfig } from '../src/train/config.js';
+import { runTraining } from '../src/train/run.js';
 import { type KlEstimator, maskedWhiten, microBatch, ppoLoss, ppoLossValues, rolloutTargets } from '../src/train/ppo-loss.js';
 
 interface Case {
@@ -86,4 +91,44 @@ describe('PPO maths (TRL PPOTrainer, PyTorch f64 fixture)', () => {
     expect(Array.from(mb.advantages.subarray(FX.R))).toEqual(Array.from(t.advantages.subarray(0, FX.R)));
     expect(Array.from(mb.paddingMask.subarray(0, FX.R))).toEqual([1, 1, 1, 1, 1, 1]);
   });
+});
+
+describe('trainer ppo end to end (bundled model, reward model trained here)', () => {
+  const dir = mkdtempSync(join(tmpdir(), 'ajuste-ppo-'));
+  const rm = join(dir, 'rm');
+  const ppo = (out: string, extra: string[] = []) => loadTrainConfig('examples/ppo.yaml', ['--output_dir', out, '--reward_model_path', rm, ...extra]);
+  const scores = (h: Record<string, number>[]) => h.filter((r) => r['objective/scores'] !== undefined).map((r) => r['objective/scores']!);
+
+  it('config: TRL PPOConfig defaults and errors', () => {
+    const c = loadTrainConfig('examples/ppo.yaml', ['--output_dir', join(dir, 'x')]);
+    expect(c.trainer).toBe('ppo');
+    const d = loadTrainConfig('examples/ppo.yaml', ['--output_dir', join(dir, 'x'), '--learning_rate', '3e-6']);
+    expect([d.cliprange, d.vf_coef, d.cliprange_value, d.gamma, d.lam, d.whiten_rewards, d.missing_eos_penalty, d.kl_estimator]).toEqual([0.2, 0.1, 0.2, 1, 0.95, false, null, 'k1']);
+    expect(() => loadTrainConfig('examples/ppo.yaml', ['--output_dir', join(dir, 'x'), '--method', 'full'])).toThrow(/not available with trainer ppo/);
+    expect(() => loadTrainConfig('examples/dpo.yaml', ['--output_dir', join(dir, 'x'), '--reward_model_path', rm])).toThrow(/trainer ppo only/);
+  });
+
+  it('raises the reward model score, saves a PEFT adapter, resumes identically', async () => {
+    await runTraining(loadTrainConfig('examples/reward.yaml', ['--output_dir', rm, '--logging_steps', '20', '--save_steps', '100']));
+    const out = join(dir, 'run');
+    const r = await runTraining(ppo(out, ['--max_steps', '12', '--save_steps', '6']));
+    const s = scores(r.history);
+    expect(s).toHaveLength(12);
+    const mean = (a: number[]) => a.reduce((x, y) => x + y, 0) / a.length;
+    expect(mean(s.slice(-4))).toBeGreaterThan(mean(s.slice(0, 4)));
+    const cfg = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'));
+    expect(cfg.peft_type).toBe('LORA');
+    expect(cfg.task_type).toBe('CAUSAL_LM');
+    expect(readSafetensors(join(out, 'adapter_model.safetensors')).tensors.size).toBeGreaterThan(0);
+    expect(readSafetensors(join(out, 'checkpoint-6', 'value_model.safetensors')).tensors.has('score.weight')).toBe(true);
+
+    // Resume from checkpoint-6 in a copy: the same rollouts (sampling RNG restored), the same adapter.
+    const resumed = join(dir, 'resumed');
+    cpSync(join(out, 'checkpoint-6'), join(resumed, 'checkpoint-6'), { recursive: true });
+    const r2 = await runTraining(ppo(resumed, ['--max_steps', '12', '--save_steps', '6', '--resume_from_checkpoint', 'true']));
+    expect(r2.history.map((h) => h['objective/scores'])).toEqual(r.history.map((h) => h['objective/scores']));
+    expect(r2.history.map((h) => h.loss)).toEqual(r.history.map((h) => h.loss));
+    const a = readSafetensors(join(out, 'adapter_model.safetensors')).tensors, b = readSafetensors(join(resumed, 'adapter_model.safetensors')).tensors;
+    for (const [k, t] of a) expect(Buffer.from(b.get(k)!.data.buffer).equals(Buffer.from(t.data.buffer)), k).toBe(true);
+  }, 120_000);
 });

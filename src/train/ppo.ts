@@ -256,6 +256,9 @@ export async function runPpo(c: PpoConfig, hooks: RunHooks = {}): Promise<SftRes
   const reward = (await loadRewardModelFrom(c.reward_model_path, padId)).rm;
   const value = await loadRewardModelFrom(c.reward_model_path, padId, { train: { lora: c.lora, seed: c.seed + 3 } });
   const { trainable: policyTrainable, adapter, io: policyIo, trainableParams, totalParams } = prepareMethod(loaded, c, micro, info);
+  // The value model's parameters share the policy's names (the same LoRA targets): prefix them, as the optimizer
+  // keys its state by parameter name.
+  for (const [n, p] of value.trainable) p.name = `value_model.${n}`;
   const trainable: [string, Tensor][] = [...policyTrainable, ...value.trainable.map(([n, p]) => [`value_model.${n}`, p] as [string, Tensor])];
   info(`value model: ${value.trainable.reduce((s, [, p]) => s + p.size, 0).toLocaleString('en-US')} trainable parameters (score head + LoRA)`);
   policy.train(false);
