@@ -143,7 +143,7 @@ function buildRows(prompts: number[][], responses: number[][], R: number, padId:
     resp.set(responses[b]!, b * R);
     // TRL: first_true_indices(response == pad) − 1 (the last token before padding; R − 1 with no padding).
     const firstPad = responses[b]!.indexOf(padId);
-    seqLens[b] = (firstPad === -1 ? responses[b]!.length < R ? responses[b]!.length : R : firstPad) - 1;
+    seqLens[b] = (firstPad === -1 ? Math.min(responses[b]!.length, R) : firstPad) - 1;
   }
   return { batch: { inputIds, positionIds, segIds: null, B, T }, promptLens: Int32Array.from(prompts, (p) => p.length), responses: resp, seqLens };
 }
