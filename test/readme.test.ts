@@ -25,7 +25,7 @@ describe('README commands', () => {
     expect(cmds.length).toBeGreaterThan(8);
     expect(existsSync('models/ajuste-base-2m/model.safetensors')).toBe(true);
   });
-  for (const dir of ['runs/lora-chat', 'runs/dora', 'runs/qlora', 'runs/ia3', 'runs/prompt', 'runs/prefix', 'runs/full', 'runs/ln', 'runs/dpo', 'runs/reward', 'runs/reward-full', 'runs/merged', 'runs/base-nf4', 'runs/tokenizer']) rmSync(dir, { recursive: true, force: true });
+  for (const dir of ['runs/lora-chat', 'runs/dora', 'runs/qlora', 'runs/ia3', 'runs/prompt', 'runs/prefix', 'runs/full', 'runs/ln', 'runs/dpo', 'runs/reward', 'runs/reward-full', 'runs/ppo', 'runs/merged', 'runs/base-nf4', 'runs/tokenizer']) rmSync(dir, { recursive: true, force: true });
   for (const cmd of cmds) {
     it(cmd, () => {
       const r = spawnSync(process.execPath, ['--import', 'tsx', 'src/cli/main.ts', ...words(cmd)], { encoding: 'utf8', timeout: 300_000 });

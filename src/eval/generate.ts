@@ -19,6 +19,8 @@ export interface GenerateOptions {
   stopStrings?: string[];
   decode?: (ids: number[]) => string;
   seed?: number;
+  /** The sampling stream to draw from (default: a new one from seed); PPO keeps one across rollouts and checkpoints it. */
+  rng?: Rng;
   /** Called with each new token id as it is produced. */
   onToken?: (id: number) => void;
   /** Use the KV cache (default). Without it, every step re-runs the whole sequence (for tests). */
@@ -78,7 +80,7 @@ function logitsNoCache(model: CausalLM, ids: number[]): Float32Array {
 export function generate(model: CausalLM, prompt: number[], o: GenerateOptions = {}): GenerateResult {
   if (prompt.length === 0) throw new Error('generate: the prompt is empty (at least one token, e.g. BOS, is needed)');
   const maxNew = o.maxNewTokens ?? 20;
-  const rng = new Rng(o.seed ?? 0);
+  const rng = o.rng ?? new Rng(o.seed ?? 0);
   const eos = new Set(o.eosTokenIds ?? []);
   const out: number[] = [];
   const useCache = o.useCache ?? true;

@@ -15,6 +15,7 @@ import { isMap, isScalar, isSeq, LineCounter, type Node as YamlNode, parse as pa
 import * as z from 'zod';
 import { UserError } from '../errors.js';
 import { DPO_LOSS_TYPES } from './dpo-loss.js';
+import { KL_ESTIMATORS } from './ppo-loss.js';
 
 // ---------------------------------------------------------------------------------------------------------
 // Schema
@@ -87,11 +88,26 @@ export const TrainConfigObject = z.strictObject({
   init_from_scratch: z.boolean().default(false).describe('ajuste extension: random weights from config.json instead of the checkpoint (pretraining)'),
   // what training minimises
   trainer: z
-    .enum(['sft', 'dpo', 'reward'])
+    .enum(['sft', 'dpo', 'reward', 'ppo'])
     .default('sft')
     .describe(
-      "sft: next-token cross-entropy (TRL's SFTTrainer); dpo: Direct Preference Optimization on {prompt, chosen, rejected} records (TRL's DPOTrainer); reward: a reward model (a score head on the model) trained on the same records with the Bradley-Terry loss (TRL's RewardTrainer)",
+      "sft: next-token cross-entropy (TRL's SFTTrainer); dpo: Direct Preference Optimization on {prompt, chosen, rejected} records (TRL's DPOTrainer); reward: a reward model (a score head on the model) trained on the same records with the Bradley-Terry loss (TRL's RewardTrainer); ppo: RLHF with PPO on {prompt} records against reward_model_path (TRL's PPOTrainer)",
     ),
+  reward_model_path: z.string().nullable().default(null).describe('trainer ppo: the reward model (a folder saved by trainer reward: a full reward model, or its SEQ_CLS adapter); the value model starts from it too'),
+  kl_coef: z.number().min(0).default(0.05).describe('PPO: weight of the per-token KL penalty against the reference in the reward (TRL PPOConfig)'),
+  kl_estimator: z.enum(KL_ESTIMATORS).default('k1').describe('PPO: KL estimator, k1 (log-ratio) or k3 (exp(r) - 1 - r, lower variance)'),
+  cliprange: z.number().positive().default(0.2).describe('PPO: clip range of the policy ratio'),
+  vf_coef: z.number().min(0).default(0.1).describe('PPO: weight of the value loss'),
+  cliprange_value: z.number().positive().default(0.2).describe('PPO: clip range of the value predictions'),
+  gamma: z.number().min(0).max(1).default(1).describe('PPO: discount factor of GAE'),
+  lam: z.number().min(0).max(1).default(0.95).describe('PPO: lambda of GAE'),
+  num_ppo_epochs: z.int().min(1).default(4).describe('PPO: epochs of updates over each rollout batch'),
+  num_mini_batches: z.int().min(1).default(1).describe('PPO: mini-batches (optimizer steps) per PPO epoch'),
+  whiten_rewards: z.boolean().default(false).describe('PPO: whiten the per-token rewards (mini-batches of 8 rows at least)'),
+  response_length: z.int().min(1).default(53).describe('PPO: tokens sampled per prompt (generation stops earlier at EOS)'),
+  temperature: z.number().positive().default(0.7).describe('PPO: sampling temperature (the log-probabilities use it too)'),
+  missing_eos_penalty: z.number().nullable().default(null).describe('PPO: subtracted from the score of responses without an EOS token (null: off)'),
+  total_episodes: z.int().min(1).nullable().default(null).describe('PPO: prompts to roll out in all (null: num_train_epochs x the dataset; max_steps, in rollout batches, wins when > 0)'),
   beta: z.number().positive().default(0.1).describe('DPO: strength of the pull towards the reference model (TRL DPOConfig beta)'),
   loss_type: z.enum(DPO_LOSS_TYPES).default('sigmoid').describe('DPO loss: sigmoid (DPO), hinge (SLiC), ipo (IPO, length-averaged log-probabilities), robust (noisy labels, with label_smoothing)'),
   label_smoothing: z.number().min(0).lt(0.5).default(0).describe('DPO loss_type robust: the assumed fraction of flipped preference labels'),
@@ -132,7 +148,7 @@ export const TrainConfigObject = z.strictObject({
   per_device_train_batch_size: z.int().min(1).default(8).describe('examples per micro-batch'),
   per_device_eval_batch_size: z.int().min(1).default(8).describe('examples per evaluation batch'),
   gradient_accumulation_steps: z.int().min(1).default(1).describe('micro-batches per optimizer step'),
-  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; with trainer dpo DPOConfig's 1e-6, with trainer reward RewardConfig's 1e-4); LoRA usually wants 1e-4 to 2e-4 for SFT"),
+  learning_rate: z.number().min(0).default(2e-5).describe("peak learning rate (SFTConfig's 2e-5; with trainer dpo DPOConfig's 1e-6, with trainer reward RewardConfig's 1e-4, with trainer ppo PPOConfig's 3e-6); LoRA usually wants 1e-4 to 2e-4 for SFT"),
   weight_decay: z.number().min(0).default(0).describe('AdamW decoupled weight decay (not applied to biases and norms)'),
   adam_beta1: z.number().min(0).lt(1).default(0.9).describe('AdamW beta1'),
   adam_beta2: z.number().min(0).lt(1).default(0.999).describe('AdamW beta2'),
@@ -187,6 +203,15 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   }
   if (c.trainer === 'reward' && c.lora.task_type !== 'SEQ_CLS') issue(['lora', 'task_type'], "trainer reward trains a sequence classifier: lora.task_type must be SEQ_CLS (its default with trainer reward)");
   if (c.trainer !== 'reward' && c.lora.task_type === 'SEQ_CLS') issue(['lora', 'task_type'], `lora.task_type SEQ_CLS is for reward models (trainer: reward); trainer ${c.trainer} trains a causal LM (CAUSAL_LM)`);
+  if (c.trainer === 'ppo') {
+    if (c.reward_model_path === null) issue(['reward_model_path'], 'trainer ppo needs reward_model_path: a reward model trained with trainer reward (its output_dir)');
+    if (c.method !== 'lora' && c.method !== 'qlora') issue(['method'], `method ${c.method} is not available with trainer ppo; use lora or qlora (the reference is the base with the adapters switched off)`);
+    if (c.lora.use_dora) issue(['lora', 'use_dora'], 'lora.use_dora is not available with trainer ppo (the reference switches adapters off by their scaling)');
+    if (c.packing) issue(['packing'], 'packing does not apply to trainer ppo: each prompt and its sampled response is one row');
+    if (c.eval_dataset_path !== null || c.eval_split > 0) issue(['eval_dataset_path'], 'trainer ppo has no evaluation loss; remove eval_dataset_path / eval_split');
+  } else {
+    if (c.reward_model_path !== null) issue(['reward_model_path'], `reward_model_path is used by trainer ppo only; trainer is '${c.trainer}'`);
+  }
   if (c.trainer !== 'reward' && c.center_rewards_coefficient !== null) issue(['center_rewards_coefficient'], `center_rewards_coefficient is used by trainer reward only; trainer is '${c.trainer}'`);
   if (c.label_smoothing > 0 && c.loss_type !== 'robust') issue(['label_smoothing'], `label_smoothing is used by loss_type robust only (TRL dropped it from sigmoid in v0.29); loss_type is '${c.loss_type}'`);
   if (c.method === 'prompt_tuning' && c.prompt_tuning.num_virtual_tokens === null) issue(['prompt_tuning', 'num_virtual_tokens'], 'method prompt_tuning needs prompt_tuning.num_virtual_tokens');
@@ -628,6 +653,7 @@ function validate(raw: Raw, src: ConfigSource): TrainConfig {
   // DPOConfig's and RewardConfig's learning-rate defaults differ from SFTConfig's (the schema's).
   if (raw.trainer === 'dpo' && raw.learning_rate === undefined) raw.learning_rate = 1e-6;
   if (raw.trainer === 'reward' && raw.learning_rate === undefined) raw.learning_rate = 1e-4;
+  if (raw.trainer === 'ppo' && raw.learning_rate === undefined) raw.learning_rate = 3e-6;
   // A reward model's adapter is PEFT's SEQ_CLS (the score head is saved with it).
   if (raw.trainer === 'reward' && isPlainObject(raw.lora ?? {}) && (raw.lora as Raw | undefined)?.task_type === undefined) raw.lora = { ...((raw.lora as Raw | undefined) ?? {}), task_type: 'SEQ_CLS' };
   const parsed = TrainConfig.safeParse(raw);
