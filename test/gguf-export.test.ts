@@ -9,7 +9,6 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { type GgufExportCase, ggufExportCases, prepareGgufInputs, runGgufExportCase } from '../tools/fixtures/gguf-export.js';
 import { ggufVocab, preTokenizerHash, TOKEN_TYPE } from '../src/data/gguf-vocab.js';
 import { Tokenizer } from '../src/data/tokenizer.js';
-import { UserError } from '../src/errors.js';
 import { bf16ToF32 } from '../src/io/dtypes.js';
 import { type GgufFile, type GgufValue, ggufTensorBytes, ggufTensorF32, readGguf } from '../src/io/gguf.js';
 import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
@@ -101,6 +100,7 @@ function differences(a: View, b: View): string[] {
  *   LlamaModel writes (the converter itself cannot run on these folders: they have no tokenizer);
  * - ajuste-base-2m: tokenizer.ggml.pre. Its check hash is unknown to the converter, which stops; ajuste reads the
  *   pre-tokenizer (GPT-2's ByteLevel regex) and writes "gpt-2" (src/data/gguf-vocab.ts).
+ * - spm-hf-vocab (a byte_fallback tokenizer.json without tokenizer.model): tokenizer.ggml.scores, see below.
  */
 const ALLOWED: Record<string, string[]> = {
   'qwen2-f16': ['key qwen2.vocab_size'],
@@ -108,6 +108,8 @@ const ALLOWED: Record<string, string[]> = {
   'gpt2-f32': ['key gpt2.vocab_size'],
   'gpt2-q8_0': ['key gpt2.vocab_size'],
   'ajuste-base-2m-q8_0': ['key tokenizer.ggml.pre'],
+  // LlamaHfVocab's scores are a placeholder (-1000 for every token); ajuste's come from the merges (llamaHfScores)
+  'spm-hf-vocab': ['key tokenizer.ggml.scores'],
 };
 
 const tmpRoot = mkdtempSync(join(tmpdir(), 'ajuste-gguf-export-'));
@@ -351,14 +353,16 @@ describe('tokenizers', () => {
     mkdirSync(dir, { recursive: true });
     const tj = JSON.parse(readFileSync('models/ajuste-base-2m/tokenizer.json', 'utf8'));
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...tj, model: { ...tj.model, byte_fallback: true } }));
-    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {} })).toThrow(/byte_fallback.*SentencePiece/);
+    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {} })).toThrow(/byte_fallback whose decoder is not a Sequence/);
+    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {}, arch: 'qwen2' })).toThrow(/byte_fallback \(SentencePiece style\) on a qwen2 model/);
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify({ ...tj, pre_tokenizer: { type: 'Whitespace' } }));
     expect(() => ggufVocab(dir, { vocabSize: 4096, config: {} })).toThrow(/cannot tell which llama.cpp pre-tokenizer/);
     expect(ggufVocab(dir, { vocabSize: 4096, config: {}, pre: 'gpt-2' }).pre).toBe('gpt-2');
     writeFileSync(join(dir, 'tokenizer.json'), JSON.stringify(tj));
     expect(() => ggufVocab(dir, { vocabSize: 4000, config: {} })).toThrow(/token id 4095, but config.json's vocab_size is 4000/);
     writeFileSync(join(dir, 'tokenizer.model'), '');
-    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {} })).toThrow(UserError);
+    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {} })).toThrow(/has no pieces: not a SentencePiece model/);
+    expect(() => ggufVocab(dir, { vocabSize: 4096, config: {}, arch: 'gpt2' })).toThrow(/SentencePiece tokenizer.model, on a gpt2 model/);
     const { model } = loadModelFolder('test/fixtures/models/llama-gqa');
     expect(() => exportGguf(model, join(tmpRoot, 'x.gguf'), { modelDir: 'test/fixtures/models/llama-gqa' })).toThrow(/has no tokenizer.json.*/);
   });

@@ -8,7 +8,7 @@
  * - arch: llama for llama / mistral / smollm (LlamaModel), qwen2 (Qwen2Model), gpt2 (GPT2Model);
  * - metadata in the converter's order: general.architecture, general.type, general.name, the hyperparameters of
  *   TextModel.set_gguf_parameters (+ LlamaModel's vocab_size and rope.dimension_count), general.file_type,
- *   general.quantization_version, then the tokenizer (data/gguf-vocab.ts);
+ *   general.quantization_version, then the tokenizer (data/gguf-vocab.ts: byte-level BPE, or SentencePiece for llama);
  * - tensors under gguf-py's names (token_embd, blk.N.attn_q, ..., output_norm, output), shapes as PyTorch's
  *   (GGUF stores them reversed), Q and K rows of llama permuted for llama.cpp's interleaved rotary layout
  *   (LlamaModel.permute; qwen2 and gpt2 keep HF's layout), GPT-2's Conv1D weights as [out, in];
@@ -273,7 +273,7 @@ function modelMetadata(c: ModelConfig, arch: GgufArch, outtype: GgufOutType, opt
     kv.push(['general.quantization_version', gv.u32(QUANT_VERSION)], ['tokenizer.ggml.model', gv.str('none')]);
     return { kv, pre: null };
   }
-  const vocab = ggufVocab(opts.modelDir, { vocabSize: c.vocabSize, config: c.raw, addSpacePrefix: arch === 'llama', pre: opts.tokenizerPre });
+  const vocab = ggufVocab(opts.modelDir, { vocabSize: c.vocabSize, config: c.raw, addSpacePrefix: arch === 'llama', pre: opts.tokenizerPre, arch });
   kv.push(['general.quantization_version', gv.u32(QUANT_VERSION)], ...vocab.kv);
   return { kv, pre: { name: vocab.pre, reason: vocab.preReason } };
 }
