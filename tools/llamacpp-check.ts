@@ -18,10 +18,20 @@
  * |logit difference| 6.5e-6 (bundled, f32), 6.7e-6 (+ LoRA), 7.2e-6 (merged), 7.6e-6 / 7.4e-6 / 6.8e-6 (llama-gqa /
  * llama-tied-rope3 / qwen2), 4.2e-3 (gpt2), 8.9e-6 / 7.5e-6 (LoRA / rsLoRA on llama-gqa), 0.12 (bundled, q8_0, same
  * argmax at 25 of 26 positions).
+ *
+ * SentencePiece vocabularies (`... llamacpp-check.ts spm` runs only these): tools/fixtures/spm.py's tokenizer on
+ * llama-gqa's weights (embedding rows extended to its 404 / 403 ids), exported from a folder with tokenizer.model and
+ * from tokenizer.json alone; each text of test/fixtures/gguf/spm/spm.json is tokenized by llama.cpp (no BOS) and
+ * compared with sentencepiece's own ids, and the tokenizer.json export is also written with the converter's -1000
+ * placeholder scores. Results (node-llama-cpp 3.22.1): tokenizer.model 7/7 texts, tokenizer.json 7/7, with -1000
+ * scores 6/7 ("rare files: modelos low-rank" merges left to right into other pieces); chat special tokens parsed the
+ * same as ajuste; detokenization gives the texts back; max |logit difference| 1.2e-5 over 29 positions (f32).
  */
-import { copyFileSync, existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import { copyFileSync, existsSync, mkdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { byteLevelDecodeTable } from '../src/data/byte-level.js';
 import { Tokenizer } from '../src/data/tokenizer.js';
+import { type GgufValue, ggufTensorBytes, gv, readGguf, writeGguf } from '../src/io/gguf.js';
+import { readSafetensors, writeSafetensors } from '../src/io/safetensors.js';
 import type { CausalLM } from '../src/models/causal-lm.js';
 import { loadModelFolder } from '../src/models/load.js';
 import { loadAdapter } from '../src/peft/adapter-io.js';
@@ -92,8 +102,11 @@ function compare(what: string, a: Float32Array[], b: Float32Array[]): void {
   console.log(`${what}: max |ajuste - llama.cpp| logit ${maxd.toExponential(2)} over ${a.length} positions; same argmax at ${agree}/${a.length}`);
 }
 
+// `node --import tsx tools/llamacpp-check.ts spm` runs only the SentencePiece section (the last one)
+const onlySpm = process.argv[2] === 'spm';
+
 // the bundled model: tokenizer, f32 and q8_0, and the README's adapter merged and as --lora
-{
+if (!onlySpm) {
   const dir = 'models/ajuste-base-2m';
   const tok = Tokenizer.fromFolder(dir);
   const { model } = loadModelFolder(dir);
@@ -149,7 +162,7 @@ const tokenizerJson = {
   model: { type: 'BPE', dropout: null, unk_token: null, continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: false, byte_fallback: false, ignore_merges: false, vocab, merges: ['a b'] },
 };
 const ids = [1, 5, 17, 99, 42, 3, 64, 127, 8, 20, 33, 71, 2, 90, 11, 6];
-for (const name of ['llama-gqa', 'llama-tied-rope3', 'qwen2', 'gpt2']) {
+for (const name of onlySpm ? [] : ['llama-gqa', 'llama-tied-rope3', 'qwen2', 'gpt2']) {
   const dir = `${OUT}/${name}`;
   mkdirSync(dir, { recursive: true });
   for (const f of ['config.json', 'model.safetensors']) copyFileSync(`test/fixtures/models/${name}/${f}`, `${dir}/${f}`);
@@ -159,10 +172,64 @@ for (const name of ['llama-gqa', 'llama-tied-rope3', 'qwen2', 'gpt2']) {
   compare(`${name} f32`, ajusteLogits(model, ids), await llamaLogits(`${OUT}/${name}-f32.gguf`, ids));
 }
 const inputs = prepareGgufInputs(OUT);
-for (const [variant, adapterDir] of [['LoRA', inputs.loraPlain], ['rsLoRA', inputs.loraRs]] as const) {
+for (const [variant, adapterDir] of onlySpm ? [] : ([['LoRA', inputs.loraPlain], ['rsLoRA', inputs.loraRs]] as const)) {
   const { model } = loadModelFolder(`${OUT}/llama-gqa`);
   const a = loadAdapter(adapterDir, model);
   exportLoraGguf(model, a, `${OUT}/llama-gqa-${variant}.gguf`, { adapterDir });
   compare(`llama-gqa f32 + --lora (${variant})`, ajusteLogits(model, ids), await llamaLogits(`${OUT}/llama-gqa-f32.gguf`, ids, `${OUT}/llama-gqa-${variant}.gguf`));
+}
+// SentencePiece vocabularies (tools/fixtures/spm.py's tokenizer) on llama-gqa's weights, the embedding and lm_head
+// rows extended to the vocabulary (row i = row i % 128 scaled by 1 + i/512): with tokenizer.model (404 ids), and
+// with tokenizer.json alone (403 ids) once with ajuste's scores and once with the converter's -1000 placeholders
+{
+  const spmTexts = (JSON.parse(readFileSync('test/fixtures/gguf/spm/spm.json', 'utf8')) as { texts: { text: string; ids: number[] }[] }).texts;
+  const st = readSafetensors('test/fixtures/models/llama-gqa/model.safetensors', { copy: true });
+  for (const [name, dir] of [['spm-model', inputs.spmModel], ['spm-hf', inputs.spmHf]] as const) {
+    const V = (JSON.parse(readFileSync(`${dir}/config.json`, 'utf8')) as { vocab_size: number }).vocab_size;
+    const tensors: Record<string, { dtype: string; shape: number[]; data: ArrayBufferView }> = {};
+    for (const [k, t] of st.tensors) {
+      if (k !== 'model.embed_tokens.weight' && k !== 'lm_head.weight') {
+        tensors[k] = { dtype: t.dtype, shape: t.shape, data: t.data };
+        continue;
+      }
+      const H = t.shape[1]!;
+      const src = t.data as Float32Array;
+      const w = new Float32Array(V * H);
+      for (let i = 0; i < V; i++) for (let j = 0; j < H; j++) w[i * H + j] = src[(i % 128) * H + j]! * (1 + i / 512);
+      tensors[k] = { dtype: 'F32', shape: [V, H], data: w };
+    }
+    writeSafetensors(`${dir}/model.safetensors`, tensors, { format: 'pt' });
+    const tok = Tokenizer.fromFolder(dir);
+    const { model } = loadModelFolder(dir);
+    const files: [string, string][] = [[`${name} f32`, `${OUT}/${name}-f32.gguf`]];
+    exportGguf(model, files[0]![1], { modelDir: dir, outtype: 'f32' });
+    if (name === 'spm-hf') {
+      // the same file with every score -1000, as convert_hf_to_gguf.py's _set_vocab_llama_hf writes it
+      const f = readGguf(files[0]![1]);
+      const kv: [string, GgufValue][] = [...f.kv].map(([k, v]) => [k, k === 'tokenizer.ggml.scores' ? gv.array('f32', new Float32Array(V).fill(-1000)) : v]);
+      const tensorsOut = f.tensors.map((t) => ({ name: t.name, type: t.type.name as 'F32', shape: t.shape, data: () => ggufTensorBytes(f, t) }));
+      writeGguf(`${OUT}/${name}-placeholder.gguf`, kv, tensorsOut);
+      files.push([`${name} f32 with the converter's -1000 scores`, `${OUT}/${name}-placeholder.gguf`]);
+    }
+    for (const [what, path] of files) {
+      const m = await llama.loadModel({ modelPath: path });
+      let same = 0;
+      let sameAjuste = 0;
+      for (const { text, ids: want } of spmTexts) {
+        const got = Array.from(m.tokenize(text, false)) as number[];
+        const a = tok.encode(text, { addSpecialTokens: false });
+        if (got.join() === want.join()) same++;
+        else console.log(`  ${what}: ${JSON.stringify(text)}: llama.cpp ${got.slice(0, 12)} sentencepiece ${want.slice(0, 12)}`);
+        if (a.join() === want.join()) sameAjuste++;
+        if (m.detokenize(want, false) !== text) console.log(`  ${what}: detokenization differs for ${JSON.stringify(text)}: ${JSON.stringify(m.detokenize(want, false))}`);
+      }
+      const chat = '<|im_start|>user\nhola mundo<|im_end|>';
+      const chatIds = Array.from(m.tokenize(chat, true)) as number[];
+      console.log(`${what}: tokenization: ${same}/${spmTexts.length} texts give sentencepiece's ids in llama.cpp (ajuste ${sameAjuste}/${spmTexts.length}); ${JSON.stringify(chat)} with specials: llama.cpp ${chatIds} ajuste ${tok.encode(chat, { addSpecialTokens: false })}`);
+      await m.dispose();
+      const idsSpm = tok.encode(spmTexts[1]!.text);
+      compare(what, ajusteLogits(model, idsSpm), await llamaLogits(path, idsSpm));
+    }
+  }
 }
 await llama.dispose();
