@@ -64,6 +64,7 @@ export const HUB_SIDE_FILES = [
   'tokenizer_config.json',
   'special_tokens_map.json',
   'added_tokens.json',
+  'tokenizer.model',
   'vocab.json',
   'merges.txt',
   'chat_template.jinja',

@@ -20,7 +20,8 @@ import { Linear4bit } from '../quant/linear4bit.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { LoraLinear } from './lora.js';
 
-const COPIED = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'chat_template.jinja', 'chat_template.json', 'vocab.json', 'merges.txt'];
+// tokenizer.model and added_tokens.json: a SentencePiece model's vocabulary for GGUF export (data/gguf-vocab.ts)
+const COPIED = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'generation_config.json', 'chat_template.jinja', 'chat_template.json', 'vocab.json', 'merges.txt', 'tokenizer.model', 'added_tokens.json'];
 
 /** One weight of the merged model; `data()` computes it (so a caller can convert and drop it before the next one). */
 export interface MergedTensor {
