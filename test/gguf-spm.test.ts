@@ -19,7 +19,7 @@ function folder(name: string, files: string[], extra: Record<string, unknown> = 
   const dir = join(tmp, name);
   mkdirSync(dir, { recursive: true });
   for (const f of files) copyFileSync(`${SPM}/${f}`, join(dir, f));
-  for (const [f, v] of Object.entries(extra)) writeFileSync(join(dir, f), typeof v === 'string' ? v : JSON.stringify(v));
+  for (const [f, v] of Object.entries(extra)) writeFileSync(join(dir, f), typeof v === 'string' || v instanceof Uint8Array ? v : JSON.stringify(v));
   return dir;
 }
 const LLAMA_CONFIG = { bos_token_id: 1, eos_token_id: 2 };
@@ -133,6 +133,26 @@ describe('_set_vocab_sentencepiece (a folder with tokenizer.model)', () => {
     expect(kv.get('tokenizer.ggml.add_space_prefix')).toBe(false);
     const small = kvOf(ggufVocab(dir, { vocabSize: 300, config: {} }).kv);
     expect((small.get('tokenizer.ggml.tokens') as string[]).length).toBe(300);
+  });
+});
+
+describe('piece types as _create_vocab_sentencepiece maps them', () => {
+  it('unknown, control, unused and byte kept; user-defined pieces (and normal ones) become normal', () => {
+    const piece = (p: string, score: number, type: number) => pb.field(1, 2, [...pb.field(1, 2, pb.str(p)), ...pb.field(2, 5, pb.f32(score)), ...pb.field(3, 0, pb.varint(type))]);
+    const bytes = Uint8Array.from([
+      ...piece('<unk>', 0, SP_TYPE.UNKNOWN),
+      ...piece('<s>', 0, SP_TYPE.CONTROL),
+      ...piece('<0x0A>', 0, SP_TYPE.BYTE),
+      ...piece('<tool>', 0, SP_TYPE.USER_DEFINED),
+      ...piece('[unused]', 0, SP_TYPE.UNUSED),
+      ...piece('▁a', -2.5, SP_TYPE.NORMAL),
+    ]);
+    const dir = folder('types', [], { 'tokenizer.model': Buffer.from(bytes) });
+    const kv = kvOf(ggufVocab(dir, { vocabSize: 0, config: {} }).kv); // vocab_size 0: the piece count, as find_hparam(optional) or vocab_size()
+    expect(kv.get('tokenizer.ggml.tokens')).toEqual(['<unk>', '<s>', '<0x0A>', '<tool>', '[unused]', '▁a']);
+    expect(kv.get('tokenizer.ggml.token_type')).toEqual([TOKEN_TYPE.UNKNOWN, TOKEN_TYPE.CONTROL, TOKEN_TYPE.BYTE, TOKEN_TYPE.NORMAL, TOKEN_TYPE.UNUSED, TOKEN_TYPE.NORMAL]);
+    expect(kv.get('tokenizer.ggml.scores')).toEqual([0, 0, 0, 0, 0, -2.5]);
+    expect([...kv.keys()].some((k) => k.endsWith('_token_id'))).toBe(false); // no tokenizer.json, no config ids
   });
 });
 
