@@ -355,7 +355,7 @@ export function finishRun<T extends TrainResult>(c: SftConfig, m: LoadedModel, a
     mkdirSync(c.output_dir, { recursive: true });
     if (adapter) adapter.save(c.output_dir);
     else saveMergedModel(m.model, m.dir, c.output_dir, saveOptions);
-    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja']) {
+    for (const f of ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja', 'tokenizer.model', 'added_tokens.json']) {
       if (existsSync(join(m.dir, f))) copyFileSync(join(m.dir, f), join(c.output_dir, f));
     }
   }
