@@ -9,6 +9,8 @@ import { loadModelFolder } from '../src/models/load.js';
 import { applyBottleneck, type BottleneckConfig, isBottleneckAdapter, loadBottleneckAdapter } from '../src/peft/bottleneck.js';
 import { backward, noGrad, scope } from '../src/tensor/autograd.js';
 import { Rng } from '../src/tensor/rng.js';
+import { loadTrainConfig } from '../src/train/config.js';
+import { runTraining } from '../src/train/run.js';
 import { runSft, type SftConfig } from '../src/train/sft.js';
 import { baseConfig, makeTinyModelDir, writeFactsJsonl } from './e2e-helpers.js';
 import { expectClose } from './helpers.js';
@@ -194,5 +196,21 @@ describe('bottleneck through the recipe', () => {
     const b = readSafetensors(join(resumed, 'adapter.safetensors')).tensors;
     expect([...b.keys()].sort()).toEqual([...a.keys()].sort());
     for (const [k, t] of a) expectClose(b.get(k)!.data as Float32Array, t.data as Float32Array, 0, k);
+  });
+
+  it('dpo (examples/dpo.yaml with method bottleneck): the loss falls and the adapter is saved in the library layout', async () => {
+    const out = join(mkdtempSync(join(tmpdir(), 'ajuste-bn-dpo-')), 'run');
+    const c = loadTrainConfig('examples/dpo.yaml', ['--output_dir', out, '--logging_steps', '1', '--method', 'bottleneck', '--bottleneck.init_weights', 'mam_adapter', '--learning_rate', '5e-3', '--max_steps', '12']);
+    const r = await runTraining(c);
+    const rows = r.history.filter((h) => h.loss !== undefined);
+    const avg = (xs: typeof rows) => xs.reduce((s, h) => s + h.loss!, 0) / xs.length;
+    // mam_adapter starts as the identity: the policy equals the reference, so the first DPO loss is log 2.
+    expect(rows[0]!.loss!).toBeCloseTo(Math.log(2), 4);
+    expect(avg(rows.slice(-4))).toBeLessThan(avg(rows.slice(0, 4)));
+    expect(isBottleneckAdapter(out)).toBe(true);
+  });
+
+  it('trainer reward refuses method bottleneck', () => {
+    expect(() => loadTrainConfig('examples/dpo.yaml', ['--trainer', 'reward', '--method', 'bottleneck'])).toThrow(/method bottleneck is not available with trainer reward/);
   });
 });
