@@ -75,7 +75,7 @@ export const Ia3Section = z.strictObject({
   init_ia3_weights: z.boolean().default(true).describe('start the vectors at 1 (identity)'),
 });
 
-const unsupportedBn = (what: string) => z.unknown().optional().describe(`AdapterHub BnConfig key; ${what}`);
+const nyiBn = (what: string) => `AdapterHub BnConfig key; ${what} (other values are refused)`;
 
 export const BottleneckSection = z.strictObject({
   config: z.enum(['seq_bn', 'double_seq_bn']).default('seq_bn').describe('AdapterHub preset: seq_bn (Pfeiffer: one adapter after the MLP) or double_seq_bn (Houlsby: also after attention)'),
@@ -90,16 +90,16 @@ export const BottleneckSection = z.strictObject({
   init_weights: z.enum(['bert', 'mam_adapter', 'houlsby']).default('bert').describe('bert: weights N(0, 0.02), biases 0 (near identity); mam_adapter: up projection zero (exact identity); houlsby: truncated N(0, 0.01)'),
   scaling: z.number().default(1).describe('constant factor on the adapter output (learned / channel scaling is not implemented)'),
   leave_out: z.array(z.int().min(0)).default(() => []).describe('layer indices that get no adapters'),
-  ln_before: unsupportedBn('only false is implemented'),
-  ln_after: unsupportedBn('only false is implemented'),
-  adapter_residual_before_ln: unsupportedBn('no effect without ln_after'),
-  is_parallel: unsupportedBn('only false is implemented'),
-  use_gating: unsupportedBn('only false is implemented'),
-  dropout: unsupportedBn('only 0 is implemented'),
-  phm_layer: unsupportedBn('only false is implemented'),
-  inv_adapter: unsupportedBn('only null is implemented'),
-  cross_adapter: unsupportedBn('only false is implemented'),
-  stochastic_depth: unsupportedBn('only 0 is implemented'),
+  ln_before: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  ln_after: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  adapter_residual_before_ln: z.boolean().default(false).describe('AdapterHub BnConfig key; no effect without ln_after'),
+  is_parallel: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  use_gating: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  dropout: z.number().min(0).lt(1).default(0).describe(nyiBn('only 0 is implemented')),
+  phm_layer: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  inv_adapter: z.string().nullable().default(null).describe(nyiBn('only null is implemented')),
+  cross_adapter: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  stochastic_depth: z.number().min(0).default(0).describe(nyiBn('only 0 is implemented')),
 });
 
 export const METHODS = ['lora', 'qlora', 'full', 'bitfit', 'ln_tuning', 'ia3', 'prompt_tuning', 'prefix_tuning', 'bottleneck'] as const;
