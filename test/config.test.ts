@@ -223,7 +223,7 @@ describe('helpers and docs', () => {
   it('SCHEMA_DOCS covers every key of the schema with its default', () => {
     const keys = SCHEMA_DOCS.map((d) => d.key);
     for (const k of Object.keys(TrainConfigObject.shape)) {
-      if (['lora', 'prompt_tuning', 'prefix_tuning', 'ia3'].includes(k)) expect(keys.some((x) => x.startsWith(`${k}.`))).toBe(true);
+      if (['lora', 'prompt_tuning', 'prefix_tuning', 'ia3', 'bottleneck'].includes(k)) expect(keys.some((x) => x.startsWith(`${k}.`))).toBe(true);
       else expect(keys).toContain(k);
     }
     const doc = (k: string) => SCHEMA_DOCS.find((d) => d.key === k)!;

@@ -24,6 +24,15 @@ export abstract class Module {
     return m;
   }
 
+  /**
+   * Adds a child module after construction (PEFT methods that put new modules next to existing ones, e.g.
+   * bottleneck adapters as `model.layers.0.output_adapters`). The name must be new.
+   */
+  attachModule<M extends Module>(name: string, m: M): M {
+    if (this.children[name]) throw new Error(`module already has a child '${name}'`);
+    return this.addModule(name, m);
+  }
+
   /** All parameters with their dotted paths. */
   namedParameters(prefix = ''): [string, Tensor][] {
     const out: [string, Tensor][] = [];

@@ -75,7 +75,34 @@ export const Ia3Section = z.strictObject({
   init_ia3_weights: z.boolean().default(true).describe('start the vectors at 1 (identity)'),
 });
 
-export const METHODS = ['lora', 'qlora', 'full', 'bitfit', 'ln_tuning', 'ia3', 'prompt_tuning', 'prefix_tuning'] as const;
+const nyiBn = (what: string) => `AdapterHub BnConfig key; ${what} (other values are refused)`;
+
+export const BottleneckSection = z.strictObject({
+  config: z.enum(['seq_bn', 'double_seq_bn']).default('seq_bn').describe('AdapterHub preset: seq_bn (Pfeiffer: one adapter after the MLP) or double_seq_bn (Houlsby: also after attention)'),
+  name: z.string().regex(/^[A-Za-z0-9_-]+$/).default('bottleneck').describe("the adapter's name (model.add_adapter(name)); part of every saved key"),
+  reduction_factor: z.union([z.number().positive(), z.record(z.string(), z.number().positive())]).nullable().default(null).describe('hidden_size // reduction_factor units in the bottleneck, or {"<layer>": n, "default": n} (null: the preset\'s 16)'),
+  non_linearity: z.enum(['relu', 'swish', 'silu', 'gelu', 'gelu_new', 'tanh']).nullable().default(null).describe("activation between down and up projection (null: the preset's, relu for seq_bn, swish for double_seq_bn)"),
+  mh_adapter: z.boolean().nullable().default(null).describe('an adapter after the attention block (null: the preset; needs original_ln_before false)'),
+  output_adapter: z.boolean().nullable().default(null).describe('an adapter after the MLP block (null: the preset)'),
+  original_ln_before: z.boolean().nullable().default(null).describe("adapter input includes the block's residual sum (seq_bn true, double_seq_bn false; null: the preset)"),
+  original_ln_after: z.boolean().nullable().default(null).describe('add the residual after the adapter (only true is implemented)'),
+  residual_before_ln: z.union([z.boolean(), z.string()]).nullable().default(null).describe('adapter residual taken before the layer sum (only true is implemented with original_ln_before)'),
+  init_weights: z.enum(['bert', 'mam_adapter', 'houlsby']).default('bert').describe('bert: weights N(0, 0.02), biases 0 (near identity); mam_adapter: up projection zero (exact identity); houlsby: truncated N(0, 0.01)'),
+  scaling: z.number().default(1).describe('constant factor on the adapter output (learned / channel scaling is not implemented)'),
+  leave_out: z.array(z.int().min(0)).default(() => []).describe('layer indices that get no adapters'),
+  ln_before: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  ln_after: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  adapter_residual_before_ln: z.boolean().default(false).describe('AdapterHub BnConfig key; no effect without ln_after'),
+  is_parallel: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  use_gating: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  dropout: z.number().min(0).lt(1).default(0).describe(nyiBn('only 0 is implemented')),
+  phm_layer: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  inv_adapter: z.string().nullable().default(null).describe(nyiBn('only null is implemented')),
+  cross_adapter: z.boolean().default(false).describe(nyiBn('only false is implemented')),
+  stochastic_depth: z.number().min(0).default(0).describe(nyiBn('only 0 is implemented')),
+});
+
+export const METHODS = ['lora', 'qlora', 'full', 'bitfit', 'ln_tuning', 'ia3', 'prompt_tuning', 'prefix_tuning', 'bottleneck'] as const;
 const OPTIMIZERS = ['adamw_torch', 'adamw_8bit', 'paged_adamw_32bit', 'paged_adamw_8bit', 'sgd'] as const;
 
 /** The config object before the cross-key rules (strict: unknown keys are errors). */
@@ -120,7 +147,7 @@ export const TrainConfigObject = z.strictObject({
     .default(null)
     .describe('trainer reward: adds this times mean((r_chosen + r_rejected)^2) to the loss, pulling rewards towards zero mean (TRL RewardConfig; 0.01 is its suggestion; null: off)'),
   // method
-  method: z.enum(METHODS).default('lora').describe('what trains: lora, qlora (LoRA over a 4-bit base), full, bitfit (biases), ln_tuning (norms), ia3, prompt_tuning, prefix_tuning'),
+  method: z.enum(METHODS).default('lora').describe('what trains: lora, qlora (LoRA over a 4-bit base), full, bitfit (biases), ln_tuning (norms), ia3, prompt_tuning, prefix_tuning, bottleneck (AdapterHub Houlsby / Pfeiffer adapters)'),
   load_in_4bit: z.boolean().default(false).describe('quantize the frozen base to 4 bits (bitsandbytes layout); with method lora this is QLoRA'),
   bnb_4bit_quant_type: z.enum(['nf4', 'fp4']).default('nf4').describe("4-bit code: nf4 (QLoRA) or fp4; nf4 as TRL's ModelConfig (transformers' BitsAndBytesConfig alone says fp4)"),
   bnb_4bit_use_double_quant: z.boolean().default(false).describe('double quantization: the per-block absmax constants are themselves 8-bit quantized (QLoRA uses true)'),
@@ -129,6 +156,7 @@ export const TrainConfigObject = z.strictObject({
   prompt_tuning: PromptTuningSection.prefault({}).describe('prompt tuning settings (PEFT PromptTuningConfig keys)'),
   prefix_tuning: PrefixTuningSection.prefault({}).describe('prefix tuning settings (PEFT PrefixTuningConfig keys)'),
   ia3: Ia3Section.prefault({}).describe('(IA)^3 settings (PEFT IA3Config keys)'),
+  bottleneck: BottleneckSection.prefault({}).describe('bottleneck adapter settings (AdapterHub BnConfig keys; saved in the adapters library layout)'),
   // data
   dataset_path: z.string().min(1).describe('training data: a .jsonl, .json or .csv file with TRL record shapes (text / prompt+completion / messages)'),
   eval_dataset_path: z.string().nullable().default(null).describe('evaluation data file (same formats)'),
@@ -180,7 +208,7 @@ export const TrainConfigObject = z.strictObject({
 });
 
 const DATA_EXT = /\.(jsonl|json|csv)$/i;
-const PEFT_METHODS = new Set(['lora', 'qlora', 'ia3', 'prompt_tuning', 'prefix_tuning', 'ln_tuning']);
+const PEFT_METHODS = new Set(['lora', 'qlora', 'ia3', 'prompt_tuning', 'prefix_tuning', 'ln_tuning', 'bottleneck']);
 
 /** The validated, fully resolved training config (all defaults filled). */
 export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
@@ -198,7 +226,7 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   if (c.trainer === 'dpo' && c.completion_only_loss === false) issue(['completion_only_loss'], 'trainer dpo scores the completions only (the log-probability of chosen and rejected given the prompt); remove completion_only_loss');
   if (!c.precompute_ref_log_probs) issue(['precompute_ref_log_probs'], 'ajuste always precomputes the reference log-probabilities (the same values TRL computes per batch, as the reference is frozen); remove the key or set it to true');
   if (c.trainer === 'reward' && c.packing) issue(['packing'], 'packing does not apply to trainer reward: each side of a pair is scored as a whole row (its last token gives the reward)');
-  if (c.trainer === 'reward' && (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning')) {
+  if (c.trainer === 'reward' && (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning' || c.method === 'bottleneck')) {
     issue(['method'], `method ${c.method} is not available with trainer reward; use lora or qlora (PEFT adapter with the score head), or full, bitfit, ln_tuning (a full reward model)`);
   }
   if (c.trainer === 'reward' && c.lora.task_type !== 'SEQ_CLS') issue(['lora', 'task_type'], "trainer reward trains a sequence classifier: lora.task_type must be SEQ_CLS (its default with trainer reward)");

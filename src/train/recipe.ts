@@ -24,6 +24,7 @@ import { loadAdapterWeights, saveAdapter } from '../peft/adapter-io.js';
 import { type LoraConfig, loraConfig } from '../peft/config.js';
 import { applyLora } from '../peft/lora.js';
 import { applyIa3, type Ia3Config } from '../peft/ia3.js';
+import { applyBottleneck, type BottleneckConfig } from '../peft/bottleneck.js';
 import { applyPrefixTuning, type PrefixTuningConfig } from '../peft/prefix-tuning.js';
 import { applyPromptTuning, type PromptTuningConfig } from '../peft/prompt-tuning.js';
 import { type SaveMergedOptions, saveMergedModel } from '../peft/merge.js';
@@ -44,6 +45,7 @@ export interface SftConfig {
   init_from_scratch?: boolean;
   lora?: Partial<LoraConfig>;
   ia3?: Partial<Ia3Config>;
+  bottleneck?: Partial<BottleneckConfig>;
   prompt_tuning?: Partial<PromptTuningConfig>;
   prefix_tuning?: Partial<PrefixTuningConfig>;
   dataset_path: string;
@@ -144,7 +146,9 @@ export function selectTrainable(model: CausalLM, c: SftConfig, method: string, l
         ? applyPromptTuning(model, c.prompt_tuning ?? {}, { rng: new Rng(seed), encode: (t) => tok.encode(t), tokenizerNameOrPath: base })
         : method === 'prefix_tuning'
           ? applyPrefixTuning(model, c.prefix_tuning ?? {}, { rng: new Rng(seed) })
-          : null;
+          : method === 'bottleneck'
+            ? applyBottleneck(model, c.bottleneck ?? {}, new Rng(seed))
+            : null;
   if (handle) {
     if (method === 'prompt_tuning' && c.packing) throw new UserError('packing is not supported with prompt_tuning (the virtual tokens go in front of each row)', 'set packing: false');
     return { trainable: handle.trainable, adapter: { save: (d) => handle.save(d, base), load: (d) => handle.load(d) } };
@@ -155,7 +159,7 @@ export function selectTrainable(model: CausalLM, c: SftConfig, method: string, l
     ln_tuning: (n) => /norm|ln_\d|ln_f/.test(n),
   };
   const want = pick[method];
-  if (!want) throw new UserError(`method '${method}' is not available`, 'use one of: lora, qlora, full, bitfit, ln_tuning, ia3, prompt_tuning, prefix_tuning');
+  if (!want) throw new UserError(`method '${method}' is not available`, 'use one of: lora, qlora, full, bitfit, ln_tuning, ia3, prompt_tuning, prefix_tuning, bottleneck');
   const trainable: [string, Tensor][] = [];
   for (const [name, p] of model.namedParameters()) {
     p.requiresGrad = false;

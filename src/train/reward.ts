@@ -141,7 +141,7 @@ export type RewardResult = SftResult & { filtered: number };
 
 export async function runReward(c: RewardConfig, hooks: RunHooks = {}): Promise<RewardResult> {
   const info = hooks.onInfo ?? (() => {});
-  if (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning') {
+  if (c.method === 'ia3' || c.method === 'prompt_tuning' || c.method === 'prefix_tuning' || c.method === 'bottleneck') {
     throw new UserError(`method ${c.method} is not available with trainer reward`, 'use lora or qlora, or full, bitfit, ln_tuning');
   }
   if (c.packing) throw new UserError('packing does not apply to trainer reward', 'set packing: false');

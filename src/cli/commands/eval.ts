@@ -10,6 +10,7 @@ import { resolveModel } from '../../io/hub.js';
 import { loadModelFolder } from '../../models/load.js';
 import { RewardModel, rewardPadId } from '../../models/reward.js';
 import { loadAdapter, loadRewardAdapter, readAdapterConfig } from '../../peft/adapter-io.js';
+import { isBottleneckAdapter, loadBottleneckAdapter } from '../../peft/bottleneck.js';
 import { evaluateRewardFile } from '../../train/reward.js';
 import { contextFor } from '../context.js';
 
@@ -34,7 +35,8 @@ export function register(program: Command): void {
       const tok = Tokenizer.fromFolder(dir);
       const opts = { maxLength: Number(o.maxLength), batchSize: Number(o.batchSize) };
       let reward: RewardModel | null = null;
-      if (o.adapter && readAdapterConfig(o.adapter).task_type === 'SEQ_CLS') reward = loadRewardAdapter(o.adapter, model, rewardPadId(tok)).reward;
+      if (o.adapter && isBottleneckAdapter(o.adapter)) loadBottleneckAdapter(o.adapter, model);
+      else if (o.adapter && readAdapterConfig(o.adapter).task_type === 'SEQ_CLS') reward = loadRewardAdapter(o.adapter, model, rewardPadId(tok)).reward;
       else {
         if (scoreWeight) reward = RewardModel.attach(model, { padId: rewardPadId(tok), weight: scoreWeight, source: dir });
         if (o.adapter) loadAdapter(o.adapter, model);

@@ -6,6 +6,7 @@ import { generate } from '../../eval/generate.js';
 import { resolveModel } from '../../io/hub.js';
 import { loadModelFolder } from '../../models/load.js';
 import { loadAdapter } from '../../peft/adapter-io.js';
+import { isBottleneckAdapter, loadBottleneckAdapter } from '../../peft/bottleneck.js';
 import { contextFor } from '../context.js';
 
 interface Opts {
@@ -30,7 +31,7 @@ export function register(program: Command): void {
     .summary('generate text with a model (and an adapter)')
     .description('Generate text with a model and an optional PEFT adapter. Greedy by default; --temperature, --top-k or --top-p sample. Defaults come from the model\'s generation_config.json.')
     .requiredOption('--model <path|org/name>', 'model folder or Hugging Face id (from the local hub cache or downloaded)')
-    .option('--adapter <dir>', 'PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors)')
+    .option('--adapter <dir>', 'PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors), or a bottleneck adapter (adapter.safetensors)')
     .requiredOption('--prompt <text>', 'the prompt')
     .option('--chat', 'wrap the prompt as a user message with the model\'s chat template (add_generation_prompt)')
     .option('--system <text>', 'system message (with --chat)')
@@ -46,7 +47,10 @@ export function register(program: Command): void {
       const ctx = contextFor(cmd);
       const dir = await resolveModel(o.model);
       const { model, generationConfig } = loadModelFolder(dir);
-      if (o.adapter) loadAdapter(o.adapter, model);
+      if (o.adapter) {
+        if (isBottleneckAdapter(o.adapter)) loadBottleneckAdapter(o.adapter, model);
+        else loadAdapter(o.adapter, model);
+      }
       const tok = Tokenizer.fromFolder(dir);
       let text = o.prompt;
       if (o.chat) {

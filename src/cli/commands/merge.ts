@@ -7,7 +7,9 @@ import { Tokenizer } from '../../data/tokenizer.js';
 import { resolveModel } from '../../io/hub.js';
 import { loadModelFolder } from '../../models/load.js';
 import { rewardPadId } from '../../models/reward.js';
+import { UserError } from '../../errors.js';
 import { loadAdapter, loadRewardAdapter, readAdapterConfig } from '../../peft/adapter-io.js';
+import { isBottleneckAdapter } from '../../peft/bottleneck.js';
 import { saveMergedModel } from '../../peft/merge.js';
 import { contextFor } from '../context.js';
 
@@ -22,6 +24,12 @@ export function register(program: Command): void {
     .action(async (o: { model: string; adapter: string; out: string }, cmd: Command) => {
       const ctx = contextFor(cmd);
       const dir = await resolveModel(o.model);
+      if (isBottleneckAdapter(o.adapter)) {
+        throw new UserError(
+          `${o.adapter} holds bottleneck adapters: they add a non-linear block (up(act(down(x)))) to each layer, which no weight of the base model can absorb, so they cannot be merged`,
+          'use the adapter as it is: ajuste generate / eval --adapter DIR, or model.load_adapter(DIR) in Python (AdapterHub adapters)',
+        );
+      }
       const { model } = loadModelFolder(dir);
       if (readAdapterConfig(o.adapter).task_type === 'SEQ_CLS') {
         const padTokenId = rewardPadId(Tokenizer.fromFolder(dir));

@@ -51,6 +51,11 @@ export function silu(x: Tensor): Tensor {
   return pointwiseKernel(x, 'silu', (k, X, Y, n) => k.siluFwd(X, Y, n), (k, X, g, gx, n) => k.siluBwd(X, g, gx, n));
 }
 
+/** ReLU: max(x, 0); the gradient at 0 is 0, as torch's. */
+export function relu(x: Tensor): Tensor {
+  return pointwise(x, 'relu', (v) => Math.max(v, 0), (v) => (v > 0 ? 1 : 0));
+}
+
 /** GELU, tanh approximation ('gelu_new', 'gelu_pytorch_tanh'). */
 export function geluTanh(x: Tensor): Tensor {
   return pointwiseKernel(x, 'geluTanh', (k, X, Y, n) => k.geluTanhFwd(X, Y, n), (k, X, g, gx, n) => k.geluTanhBwd(X, g, gx, n));
