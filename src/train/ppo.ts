@@ -327,14 +327,13 @@ export async function runPpo(c: PpoConfig, hooks: RunHooks = {}): Promise<SftRes
       const rows = buildRows(qs, responses, R, padId);
       const B = rows.batch.B;
       tokens += B * rows.batch.T;
-      const { logprobs, refLogprobs, values, scores } = noGrad(() =>
-        scope(() => ({
-          logprobs: Float64Array.from(responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f),
-          refLogprobs: Float64Array.from(withAdaptersOff(policy, () => responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f)),
-          values: Float64Array.from(responseValues(value.rm, value.rm.lm.forwardHidden(rows.batch), rows, R).f),
-          scores: Float64Array.from(reward.rewards(rows.batch).f),
-        })),
-      );
+      // Each forward in its own scope: its activations are freed before the next one runs.
+      const { logprobs, refLogprobs, values, scores } = noGrad(() => ({
+        logprobs: scope(() => Float64Array.from(responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f)),
+        refLogprobs: scope(() => Float64Array.from(withAdaptersOff(policy, () => responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f))),
+        values: scope(() => Float64Array.from(responseValues(value.rm, value.rm.lm.forwardHidden(rows.batch), rows, R).f)),
+        scores: scope(() => Float64Array.from(reward.rewards(rows.batch).f)),
+      }));
       let eosTokens = 0;
       for (let b = 0; b < B; b++) {
         const resp = rows.responses.subarray(b * R, (b + 1) * R);
