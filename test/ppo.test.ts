@@ -145,6 +145,11 @@ describe('trainer ppo end to end (bundled model, reward model trained here)', ()
     expect(s).toHaveLength(2);
     for (const x of s) expect(Number.isFinite(x)).toBe(true);
     expect(info.join('\n')).toMatch(/reward model and value model from .*rm-full/);
+    // The estimate before the run counts the three models, at PPO's row length (longest prompt + response_length 12).
+    const est = info.find((m) => m.startsWith('memory estimate'))!;
+    expect(est).toMatch(/^memory estimate \(ppo: policy \+ reward model \+ value model\): [\d.]+ MB \(weights [\d.]+ = policy [\d.]+ \+ reward [\d.]+ \+ value [\d.]+, /);
+    expect(est).toMatch(/rollout [\d.]+ at 8 x \d+, update [\d.]+ at 4 x \d+; not counted: the sampling KV cache and rollout buffers\)$/);
+    expect(est).not.toMatch(/x 1024/);
     const value = readSafetensors(join(out, 'checkpoint-2', 'value_model.safetensors')).tensors;
     expect(value.has('score.weight')).toBe(true);
     expect([...value.keys()].some((k) => k.includes('lora_A'))).toBe(true);

@@ -255,7 +255,9 @@ export async function runPpo(c: PpoConfig, hooks: RunHooks = {}): Promise<SftRes
   info(`reward model and value model from ${c.reward_model_path}`);
   const reward = (await loadRewardModelFrom(c.reward_model_path, padId)).rm;
   const value = await loadRewardModelFrom(c.reward_model_path, padId, { train: { lora: c.lora, seed: c.seed + 3 } });
-  const { trainable: policyTrainable, adapter, io: policyIo, trainableParams, totalParams } = prepareMethod(loaded, c, micro, info);
+  // Rows are padded to the longest prompt of their batch + response_length: the longest prompt bounds them.
+  const ppoShape = { rewardConfig: reward.lm.config, rollout: localBs, seqLength: prompts.reduce((m, p) => Math.max(m, p.length), 0) + c.response_length, responseLength: c.response_length };
+  const { trainable: policyTrainable, adapter, io: policyIo, trainableParams, totalParams } = prepareMethod(loaded, c, micro, info, [], ppoShape);
   // The value model's parameters share the policy's names (the same LoRA targets): prefix them, as the optimizer
   // keys its state by parameter name.
   for (const [n, p] of value.trainable) p.name = `value_model.${n}`;
