@@ -917,7 +917,8 @@ export function estimatePpoMemory(policyConfig: ModelConfig, rewardConfig: Model
   const peak = Math.max(rolloutPeak, update, policy.activations?.peak ?? 0);
   const notes = [
     'ppo: policy + reward model + value model (a second copy of the reward model with LoRA and its score head trained); the reference is the policy with its adapters off (no copy)',
-    'ppo: not counted: the KV cache of sampling (one prompt at a time), the rollout buffers (a few floats per response token), and the reward model counted as a full architecture (a headless reward folder has no lm_head)',
+    'ppo: not counted: the KV cache of sampling (one prompt at a time) and the rollout buffers (a few floats per response token); the reward model is counted as its full architecture (a headless reward folder has no lm_head: an overcount)',
+    "ppo: the value model's LoRA is counted with the run's lora settings (a SEQ_CLS reward adapter brings its own r and targets)",
   ];
   if (optimizer.pageable > 0) notes.push(`paged optimizer: ${formatMB(optimizer.pageable)} MB of state may be paged out and is not in the total`);
   return {
