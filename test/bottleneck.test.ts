@@ -182,7 +182,10 @@ describe('bottleneck through the recipe', () => {
       ({ ...baseConfig(modelDir, data, out), method: 'bottleneck', bottleneck: { config: 'double_seq_bn' }, max_steps: 12, logging_steps: 2, save_steps: 6, learning_rate: 1e-2, ...extra }) as SftConfig;
     const rows: Record<string, number>[] = [];
     const full = join(work, 'full');
-    await runSft(cfg(full), { onLog: (r) => rows.push(r) });
+    const info: string[] = [];
+    await runSft(cfg(full), { onLog: (r) => rows.push(r), onInfo: (m) => info.push(m) });
+    // The estimate before the run covers the method (it printed nothing for bottleneck before).
+    expect(info.find((m) => m.startsWith('memory estimate'))).toMatch(/^memory estimate \(bottleneck: adapter activations not counted\): [\d.]+ MB \(weights .* at batch 6 x 64\)$/);
     const losses = rows.filter((r) => r.loss !== undefined).map((r) => r.loss!);
     expect(losses[losses.length - 1]!).toBeLessThan(losses[0]! * 0.8);
     expect(isBottleneckAdapter(full)).toBe(true);

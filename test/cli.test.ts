@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
+import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { CommanderError } from 'commander';
@@ -10,6 +10,12 @@ import { formatDuration, formatMetric, ProgressBar } from '../src/cli/progress.j
 import { colorEnabled, createStyle, stripAnsi } from '../src/cli/style.js';
 import { UserError } from '../src/errors.js';
 import { loadTrainConfig, SCHEMA_DOCS } from '../src/train/config.js';
+import { Tokenizer } from '../src/data/tokenizer.js';
+import { evaluateFile } from '../src/eval/perplexity.js';
+import { loadModelFolder } from '../src/models/load.js';
+import { applyBottleneck, loadBottleneckAdapter } from '../src/peft/bottleneck.js';
+import { Rng } from '../src/tensor/rng.js';
+import { makeTinyModelDir, writeFactsJsonl } from './e2e-helpers.js';
 
 const dir = mkdtempSync(join(tmpdir(), 'ajuste-cli-'));
 const CONFIG = join(dir, 'train.yaml');
@@ -185,5 +191,47 @@ describe('progress', () => {
     expect(formatMetric(2.34567)).toBe('2.346');
     expect(formatMetric(12345.6)).toBe('12,346');
     expect(formatMetric(3)).toBe('3');
+  });
+});
+
+describe.concurrent('ajuste CLI with a bottleneck adapter (child process)', { timeout: 60_000 }, () => {
+  // A Houlsby adapter on a tiny model, its weights drawn large enough to move the loss away from the base's.
+  const modelDir = makeTinyModelDir({ seed: 9 });
+  const bnDir = join(dir, 'bn-adapter');
+  const data = writeFactsJsonl(join(dir, 'bn-data'));
+  const { model } = loadModelFolder(modelDir);
+  const handle = applyBottleneck(model, { config: 'double_seq_bn', name: 'bn' }, new Rng(3));
+  const rng = new Rng(4);
+  for (const [, p] of handle.trainable) for (let i = 0; i < p.size; i++) p.f[i] = 0.3 * rng.normal();
+  handle.save(bnDir, modelDir);
+  const tok = Tokenizer.fromFolder(modelDir);
+  const opts = { maxLength: 1024, batchSize: 4 }; // the CLI's defaults
+  const fresh = loadModelFolder(modelDir).model;
+  const baseLoss = evaluateFile(fresh, tok, data, opts).loss;
+  loadBottleneckAdapter(bnDir, fresh);
+  const want = evaluateFile(fresh, tok, data, opts);
+
+  it('eval --adapter <bottleneck folder> --json prints the loss with the adapter applied', async () => {
+    const r = await ajuste(['eval', '--model', modelDir, '--adapter', bnDir, '--data', data, '--json']);
+    expect(r.code, r.stderr).toBe(0);
+    const got = JSON.parse(r.stdout);
+    expect(Object.keys(got)).toEqual(['loss', 'perplexity', 'tokens']);
+    expect(got.tokens).toBe(want.tokens);
+    expect(got.loss).toBeCloseTo(want.loss, 10);
+    expect(got.perplexity).toBeCloseTo(Math.exp(got.loss), 8);
+    expect(Math.abs(got.loss - baseLoss)).toBeGreaterThan(1e-3); // the adapter was applied, not skipped
+  });
+
+  it('merge refuses a bottleneck adapter: exit 1, the reason and a hint, nothing written', async () => {
+    const out = join(dir, 'bn-merged');
+    const r = await ajuste(['merge', '--model', modelDir, '--adapter', bnDir, '--out', out]);
+    expect(r.code).toBe(1);
+    const lines = r.stderr.trim().split('\n');
+    expect(lines[0]).toBe(
+      `error: ${bnDir} holds bottleneck adapters: they add a non-linear block (up(act(down(x)))) to each layer, which no weight of the base model can absorb, so they cannot be merged`,
+    );
+    expect(lines[1]).toBe('hint: use the adapter as it is: ajuste generate / eval --adapter DIR, or model.load_adapter(DIR) in Python (AdapterHub adapters)');
+    expect(lines).toHaveLength(2);
+    expect(existsSync(out)).toBe(false);
   });
 });

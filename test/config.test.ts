@@ -249,3 +249,57 @@ describe('helpers and docs', () => {
     );
   });
 });
+
+describe('trainer ppo refusals name the key, where it is set and what to do', () => {
+  const PPO = `${BASE}trainer: ppo\nreward_model_path: runs/reward\n`;
+  const refusal = (yaml: string, overrides: string[] = []) => userError(() => loadTrainConfig(yamlFile(yaml), overrides)).message;
+
+  it('a valid PPO config loads (defaults: 8 rows per rollout, one mini-batch)', () => {
+    const c = loadTrainConfig(yamlFile(PPO));
+    expect([c.trainer, c.reward_model_path, c.learning_rate, c.num_mini_batches]).toEqual(['ppo', 'runs/reward', 3e-6, 1]);
+  });
+
+  it('reward_model_path: missing with trainer ppo, or set with another trainer', () => {
+    expect(refusal(`${BASE}trainer: ppo\n`)).toMatch(/train\d+\.yaml: trainer ppo needs reward_model_path: set it to the output_dir of a trainer: reward run/);
+    expect(refusal(`${BASE}trainer: dpo\nreward_model_path: runs/reward\n`)).toMatch(
+      /train\d+\.yaml line 5: reward_model_path is used by trainer ppo only; trainer is 'dpo': remove reward_model_path \(or set trainer: ppo\)/,
+    );
+    expect(refusal(BASE, ['--reward_model_path', 'runs/reward'])).toMatch(/^override --reward_model_path: reward_model_path is used by trainer ppo only; trainer is 'sft'/);
+  });
+
+  it('methods other than lora / qlora', () => {
+    for (const method of ['full', 'ia3', 'bottleneck', 'ln_tuning', 'bitfit']) {
+      expect(refusal(`${PPO}method: ${method}\n`)).toMatch(new RegExp(`line 6: method ${method} is not available with trainer ppo; use lora or qlora`));
+    }
+    expect(() => loadTrainConfig(yamlFile(`${PPO}method: qlora\n`))).not.toThrow();
+    expect(loadTrainConfig(yamlFile(`${PPO}load_in_4bit: true\n`)).method).toBe('qlora');
+  });
+
+  it('lora.use_dora, packing, eval data', () => {
+    expect(refusal(`${PPO}lora:\n  use_dora: true\n`)).toMatch(/line 7: lora\.use_dora is not available with trainer ppo .*; set lora\.use_dora to false/);
+    expect(refusal(PPO, ['--use_dora', 'true'])).toMatch(/^override --use_dora: lora\.use_dora is not available with trainer ppo/);
+    expect(refusal(`${PPO}packing: true\n`)).toMatch(/line 6: packing does not apply to trainer ppo: .*; remove packing/);
+    expect(refusal(`${PPO}eval_dataset_path: data/eval.jsonl\n`)).toMatch(/line 6: trainer ppo has no evaluation loss; remove eval_dataset_path$/m);
+    expect(refusal(`${PPO}eval_split: 0.1\n`)).toMatch(/line 6: trainer ppo has no evaluation loss; remove eval_split$/m);
+  });
+
+  it('batch sizes that do not split into mini-batches of whole micro-batches', () => {
+    // 4 × 3 = 12 rows do not split into 5 mini-batches.
+    expect(refusal(`${PPO}per_device_train_batch_size: 4\ngradient_accumulation_steps: 3\nnum_mini_batches: 5\n`)).toMatch(
+      /line 8: num_mini_batches \(5\) must divide the rollout batch, per_device_train_batch_size × gradient_accumulation_steps = 4 × 3 = 12 rows; make gradient_accumulation_steps a multiple of num_mini_batches/,
+    );
+    // 4 × 1 = 4 rows in 2 mini-batches of 2 rows: not a whole micro-batch of 4.
+    expect(refusal(`${PPO}per_device_train_batch_size: 4\nnum_mini_batches: 2\n`)).toMatch(
+      /line 7: a mini-batch \(4 \/ num_mini_batches 2 = 2 rows\) must be a whole number of micro-batches of per_device_train_batch_size 4/,
+    );
+    expect(loadTrainConfig(yamlFile(`${PPO}per_device_train_batch_size: 4\ngradient_accumulation_steps: 4\nnum_mini_batches: 2\n`)).num_mini_batches).toBe(2);
+  });
+
+  it('whiten_rewards with mini-batches under 8 rows', () => {
+    expect(refusal(`${PPO}whiten_rewards: true\nper_device_train_batch_size: 4\n`)).toMatch(
+      /line 6: whiten_rewards needs mini-batches of at least 8 rows \(TRL's check\), got .* = 4 × 1 \/ 1 = 4; raise gradient_accumulation_steps \(or lower num_mini_batches\), or set whiten_rewards to false/,
+    );
+    expect(refusal(PPO, ['--whiten_rewards', 'true', '--per_device_train_batch_size', '2', '--gradient_accumulation_steps', '2', '--num_mini_batches', '2'])).toMatch(/^override --whiten_rewards: whiten_rewards needs mini-batches of at least 8 rows/);
+    expect(loadTrainConfig(yamlFile(`${PPO}whiten_rewards: true\n`)).whiten_rewards).toBe(true);
+  });
+});

@@ -10,11 +10,12 @@ import { buildModel, randomWeights } from '../src/models/build.js';
 import type { CausalLM } from '../src/models/causal-lm.js';
 import { parseModelConfig } from '../src/models/config.js';
 import { loraConfig } from '../src/peft/config.js';
+import { applyBottleneck } from '../src/peft/bottleneck.js';
 import { applyLora } from '../src/peft/lora.js';
 import { backward, parameter, scope } from '../src/tensor/autograd.js';
 import { memoryStats, resetPeak } from '../src/tensor/memory.js';
 import { Rng } from '../src/tensor/rng.js';
-import { estimateFromParams, estimateMemory, formatGB, formatMB, formatMemoryTable, loadBytes } from '../src/train/memory-estimate.js';
+import { estimateFromParams, estimateMemory, estimatePpoMemory, formatGB, formatMB, formatMemoryTable, loadBytes } from '../src/train/memory-estimate.js';
 
 const LLAMA2_7B = {
   architectures: ['LlamaForCausalLM'],
@@ -221,5 +222,68 @@ describe('ajuste memory', () => {
     expect(table).toMatch(/4-bit data\s+3\.24\s+3238\.0/);
     expect(table).toMatch(/nested absmax\s+0\.00158\s+1\.6/);
     expect(table).toMatch(/^total\s+\d+\.\d+\s+\d+\.\d$/m);
+  });
+});
+
+// ------------------------------------------------------------------ bottleneck adapters and trainer ppo
+
+describe('bottleneck adapters and trainer ppo (what prepareMethod prints before a run)', () => {
+  // TINY: hidden 256, 4 layers, 8 heads of 32, 4 KV heads (k/v 128 wide), intermediate 704, vocab 8192, untied.
+  const C = 256, L = 4, I = 704, V = 8192, KV = 128;
+  const baseParams = 2 * V * C + L * (C * C + 2 * KV * C + C * C + 3 * C * I + 2 * C) + C;
+
+  it('bottleneck (seq_bn, d // 16 = 16 units after each MLP): adapter weights, gradients, AdamW states on top of the frozen f32 base', () => {
+    const config = parseModelConfig(TINY);
+    const model = buildModel(config, randomWeights(config));
+    const bn = applyBottleneck(model, { config: 'seq_bn' }, new Rng(1));
+    const numels = bn.trainable.map(([, p]) => p.size);
+    // per layer: adapter_down [16, 256] + bias 16, adapter_up [256, 16] + bias 256
+    const adapter = L * (16 * C + 16 + C * 16 + C);
+    expect(numels.reduce((a, b) => a + b, 0)).toBe(adapter);
+    const e = estimateMemory(config, { method: 'lora', bottleneck: numels, batch: 2, maxLength: 32 });
+    expect(e.params.total).toBe(baseParams + adapter);
+    expect(e.params.trainable).toBe(adapter);
+    expect(e.weights).toBe(4 * (baseParams + adapter));
+    expect(e.gradients).toBe(4 * adapter);
+    expect(e.optimizer.resident).toBe(8 * adapter);
+    expect(e.settings.r).toBeNull();
+    expect(e.total).toBe(e.weights + e.gradients + e.optimizer.resident + e.activations!.peak + e.runtime);
+    expect(e.notes.join('\n')).toMatch(/bottleneck: activations are the frozen base's .* the adapters' own .* not counted/);
+    // Gradients flow back through every frozen layer: more than a frozen base's forward, and close to a measured
+    // step (the adapters' own activations, not counted, make up the rest).
+    const frozen = estimateMemory(config, { method: 'lora', batch: 2, maxLength: 32, targets: ['lm_head'] });
+    expect(e.activations!.peak).toBeGreaterThan(frozen.activations!.afterForward);
+    model.train(true);
+    const [, second] = measureSteps(model, 2, 32, 2) as [number, number];
+    expect(e.activations!.peak).toBeLessThanOrEqual(second);
+    expect(e.activations!.peak).toBeGreaterThan(0.85 * second); // 0.93 when written
+  });
+
+  it('ppo: policy + reward model + value model copy; the optimizer over both LoRA sets and the score head; rollout vs update activations', () => {
+    const config = parseModelConfig(TINY);
+    const o = { method: 'lora' as const, r: 8, targets: 'all-linear' as const, micro: 2, rollout: 4, seqLength: 40, responseLength: 12 };
+    const e = estimatePpoMemory(config, config, o);
+    // LoRA r 8 on every Linear but lm_head: A [8, in] + B [out, 8] each
+    const lora = L * 8 * ((C + C) + (C + KV) + (C + KV) + (C + C) + 2 * (C + I) + (I + C));
+    expect(e.policy.params.trainable).toBe(lora);
+    expect(e.valueTrainable).toBe(lora + C);
+    expect(e.policy.weights).toBe(4 * (baseParams + lora));
+    expect(e.rewardWeights).toBe(4 * (baseParams + C));
+    expect(e.valueWeights).toBe(4 * (baseParams + C + lora));
+    expect(e.weights).toBe(4 * (3 * baseParams + 2 * lora + 2 * C)); // policy base + its LoRA, reward base + head, value base + head + LoRA
+    expect(e.gradients).toBe(4 * (2 * lora + C));
+    expect(e.optimizer.resident).toBe(8 * (2 * lora + C));
+    // The policy's own estimate is at the PPO row length, one micro-batch.
+    expect([e.policy.settings.batch, e.policy.settings.maxLength]).toEqual([2, 40]);
+    const policyOnly = estimateMemory(config, { method: 'lora', r: 8, targets: 'all-linear', batch: 2, maxLength: 40 });
+    expect(e.activations.update).toBeGreaterThan(policyOnly.activations!.peak);
+    expect(e.activations.rollout).toBeGreaterThan(0);
+    expect(e.activations.peak).toBe(Math.max(e.activations.rollout, e.activations.update));
+    expect(e.total).toBe(e.weights + e.gradients + e.optimizer.resident + e.activations.peak + e.runtime);
+    // A rollout batch 8x larger than the micro-batch: the rollout forwards dominate.
+    const big = estimatePpoMemory(config, config, { ...o, rollout: 64 });
+    expect(big.activations.rollout).toBeGreaterThan(big.activations.update);
+    expect(big.activations.peak).toBe(big.activations.rollout);
+    expect(e.notes.join('\n')).toMatch(/not counted: the KV cache of sampling/);
   });
 });

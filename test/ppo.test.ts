@@ -1,5 +1,5 @@
 // PPO: the maths against PyTorch (tools/fixtures/ppo.py mirrors TRL's PPOTrainer), the autograd wrapper.
-import { cpSync, mkdtempSync, readFileSync } from 'node:fs';
+import { cpSync, existsSync, mkdtempSync, readFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, it } from 'vitest';
@@ -131,4 +131,49 @@ describe('trainer ppo end to end (bundled model, reward model trained here)', ()
     const a = readSafetensors(join(out, 'adapter_model.safetensors')).tensors, b = readSafetensors(join(resumed, 'adapter_model.safetensors')).tensors;
     for (const [k, t] of a) expect(Buffer.from(b.get(k)!.data.buffer).equals(Buffer.from(t.data.buffer)), k).toBe(true);
   }, 120_000);
+
+  it('a full reward model folder as reward_model_path: 2 steps run and log objective/scores; the value model trains LoRA + its score head', async () => {
+    const rmFull = join(dir, 'rm-full');
+    await runTraining(loadTrainConfig('examples/reward.yaml', ['--output_dir', rmFull, '--method', 'full', '--max_steps', '2', '--save_steps', '100', '--logging_steps', '1']));
+    expect(existsSync(join(rmFull, 'adapter_config.json'))).toBe(false);
+    expect(readSafetensors(join(rmFull, 'model.safetensors')).tensors.has('score.weight')).toBe(true);
+    const out = join(dir, 'ppo-full-rm');
+    const info: string[] = [];
+    const r = await runTraining(loadTrainConfig('examples/ppo.yaml', ['--output_dir', out, '--reward_model_path', rmFull, '--max_steps', '2']), { onInfo: (m) => info.push(m) });
+    expect(r.globalStep).toBe(2);
+    const s = scores(r.history);
+    expect(s).toHaveLength(2);
+    for (const x of s) expect(Number.isFinite(x)).toBe(true);
+    expect(info.join('\n')).toMatch(/reward model and value model from .*rm-full/);
+    // The estimate before the run counts the three models, at PPO's row length (longest prompt + response_length 12).
+    const est = info.find((m) => m.startsWith('memory estimate'))!;
+    expect(est).toMatch(/^memory estimate \(ppo: policy \+ reward model \+ value model\): [\d.]+ MB \(weights [\d.]+ = policy [\d.]+ \+ reward [\d.]+ \+ value [\d.]+, /);
+    expect(est).toMatch(/rollout [\d.]+ at 8 x \d+, update [\d.]+ at 4 x \d+; not counted: the sampling KV cache and rollout buffers\)$/);
+    expect(est).not.toMatch(/x 1024/);
+    const value = readSafetensors(join(out, 'checkpoint-2', 'value_model.safetensors')).tensors;
+    expect(value.has('score.weight')).toBe(true);
+    expect([...value.keys()].some((k) => k.includes('lora_A'))).toBe(true);
+    expect(JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8')).task_type).toBe('CAUSAL_LM');
+  }, 60_000);
+
+  it('method qlora: the policy is a 4-bit base with LoRA; 2 steps run and the adapter is saved', async () => {
+    const rmLora = join(dir, 'rm-lora');
+    await runTraining(loadTrainConfig('examples/reward.yaml', ['--output_dir', rmLora, '--max_steps', '2', '--save_steps', '100']));
+    const out = join(dir, 'ppo-qlora');
+    const info: string[] = [];
+    const c = loadTrainConfig('examples/ppo.yaml', ['--output_dir', out, '--reward_model_path', rmLora, '--max_steps', '2', '--method', 'qlora']);
+    expect([c.method, c.load_in_4bit]).toEqual(['qlora', true]);
+    const r = await runTraining(c, { onInfo: (m) => info.push(m) });
+    expect(r.globalStep).toBe(2);
+    expect(scores(r.history)).toHaveLength(2);
+    expect(info.join('\n')).toMatch(/quantized 28 linear layers to nf4/);
+    const cfg = JSON.parse(readFileSync(join(out, 'adapter_config.json'), 'utf8'));
+    expect([cfg.peft_type, cfg.task_type]).toEqual(['LORA', 'CAUSAL_LM']);
+    const adapter = readSafetensors(join(out, 'adapter_model.safetensors')).tensors;
+    expect(adapter.size).toBeGreaterThan(0);
+    expect([...adapter.keys()].every((k) => k.includes('lora_'))).toBe(true);
+    // LoRA B starts at zero: trained, it is not.
+    const b = [...adapter.entries()].find(([k]) => k.includes('lora_B'))![1];
+    expect(Array.from(b.data as Float32Array).some((x) => x !== 0)).toBe(true);
+  }, 60_000);
 });

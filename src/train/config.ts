@@ -232,13 +232,25 @@ export const TrainConfig = TrainConfigObject.superRefine((c, ctx) => {
   if (c.trainer === 'reward' && c.lora.task_type !== 'SEQ_CLS') issue(['lora', 'task_type'], "trainer reward trains a sequence classifier: lora.task_type must be SEQ_CLS (its default with trainer reward)");
   if (c.trainer !== 'reward' && c.lora.task_type === 'SEQ_CLS') issue(['lora', 'task_type'], `lora.task_type SEQ_CLS is for reward models (trainer: reward); trainer ${c.trainer} trains a causal LM (CAUSAL_LM)`);
   if (c.trainer === 'ppo') {
-    if (c.reward_model_path === null) issue(['reward_model_path'], 'trainer ppo needs reward_model_path: a reward model trained with trainer reward (its output_dir)');
+    if (c.reward_model_path === null) issue(['reward_model_path'], 'trainer ppo needs reward_model_path: set it to the output_dir of a trainer: reward run (a full reward model folder or its SEQ_CLS adapter)');
     if (c.method !== 'lora' && c.method !== 'qlora') issue(['method'], `method ${c.method} is not available with trainer ppo; use lora or qlora (the reference is the base with the adapters switched off)`);
-    if (c.lora.use_dora) issue(['lora', 'use_dora'], 'lora.use_dora is not available with trainer ppo (the reference switches adapters off by their scaling)');
-    if (c.packing) issue(['packing'], 'packing does not apply to trainer ppo: each prompt and its sampled response is one row');
-    if (c.eval_dataset_path !== null || c.eval_split > 0) issue(['eval_dataset_path'], 'trainer ppo has no evaluation loss; remove eval_dataset_path / eval_split');
+    if (c.lora.use_dora) issue(['lora', 'use_dora'], 'lora.use_dora is not available with trainer ppo (the reference switches adapters off by their scaling, which DoRA does not follow); set lora.use_dora to false');
+    if (c.packing) issue(['packing'], 'packing does not apply to trainer ppo: each prompt and its sampled response is one row; remove packing');
+    if (c.eval_dataset_path !== null) issue(['eval_dataset_path'], 'trainer ppo has no evaluation loss; remove eval_dataset_path');
+    if (c.eval_split > 0) issue(['eval_split'], 'trainer ppo has no evaluation loss; remove eval_split');
+    // One rollout batch is per_device_train_batch_size × gradient_accumulation_steps prompts, split into
+    // num_mini_batches mini-batches, each a whole number of micro-batches of per_device_train_batch_size rows.
+    const micro = c.per_device_train_batch_size;
+    const rollout = micro * c.gradient_accumulation_steps;
+    if (rollout % c.num_mini_batches !== 0) {
+      issue(['num_mini_batches'], `num_mini_batches (${c.num_mini_batches}) must divide the rollout batch, per_device_train_batch_size × gradient_accumulation_steps = ${micro} × ${c.gradient_accumulation_steps} = ${rollout} rows; make gradient_accumulation_steps a multiple of num_mini_batches`);
+    } else if ((rollout / c.num_mini_batches) % micro !== 0) {
+      issue(['num_mini_batches'], `a mini-batch (${rollout} / num_mini_batches ${c.num_mini_batches} = ${rollout / c.num_mini_batches} rows) must be a whole number of micro-batches of per_device_train_batch_size ${micro}; make gradient_accumulation_steps a multiple of num_mini_batches`);
+    } else if (c.whiten_rewards && rollout / c.num_mini_batches < 8) {
+      issue(['whiten_rewards'], `whiten_rewards needs mini-batches of at least 8 rows (TRL's check), got per_device_train_batch_size × gradient_accumulation_steps / num_mini_batches = ${micro} × ${c.gradient_accumulation_steps} / ${c.num_mini_batches} = ${rollout / c.num_mini_batches}; raise gradient_accumulation_steps (or lower num_mini_batches), or set whiten_rewards to false`);
+    }
   } else {
-    if (c.reward_model_path !== null) issue(['reward_model_path'], `reward_model_path is used by trainer ppo only; trainer is '${c.trainer}'`);
+    if (c.reward_model_path !== null) issue(['reward_model_path'], `reward_model_path is used by trainer ppo only; trainer is '${c.trainer}': remove reward_model_path (or set trainer: ppo)`);
   }
   if (c.trainer !== 'reward' && c.center_rewards_coefficient !== null) issue(['center_rewards_coefficient'], `center_rewards_coefficient is used by trainer reward only; trainer is '${c.trainer}'`);
   if (c.label_smoothing > 0 && c.loss_type !== 'robust') issue(['label_smoothing'], `label_smoothing is used by loss_type robust only (TRL dropped it from sigmoid in v0.29); loss_type is '${c.loss_type}'`);

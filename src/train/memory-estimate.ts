@@ -41,6 +41,12 @@ export interface MemoryOptions {
   weightDtype?: 'float32' | 'bfloat16';
   /** QLoRA double quantization of the 4-bit absmax (true). */
   doubleQuant?: boolean;
+  /**
+   * Bottleneck adapters instead of LoRA (with method lora: a frozen base in its dtype): the element count of
+   * every adapter tensor (f32, trainable; their gradients and optimizer states are counted). Activations are
+   * the frozen base's with gradients flowing back through every layer; the adapters' own are not counted.
+   */
+  bottleneck?: number[];
 }
 
 export interface PrecisionRow {
@@ -136,7 +142,7 @@ const OPT8_BLOCK = 256;
 interface ParamTensor {
   name: string;
   numel: number;
-  kind: 'linear' | 'lm_head' | 'embedding' | 'vector' | 'lora';
+  kind: 'linear' | 'lm_head' | 'embedding' | 'vector' | 'lora' | 'adapter';
   trainable: boolean;
   precision: Precision;
 }
@@ -443,6 +449,13 @@ class StepSim {
     return out;
   }
 
+  /** tensor/ops.ts gatherRows: a copy of `rows` rows; backward scatters into a gradient of x's size. */
+  gatherRows(x: STensor, rows: number, dim: number): STensor {
+    const out = this.tensor(rows * dim);
+    if (this.needs(x)) this.record(out, () => this.addGradOwned(x, this.fresh(x.size)));
+    return out;
+  }
+
   /** Tensor.reshape: a view; backward copies the gradient into the base's buffer. */
   view(x: STensor): STensor {
     const out = this.tensor(x.size, false);
@@ -643,9 +656,22 @@ interface SimResult {
  */
 export function simulateStep(
   c: ModelConfig,
-  o: { method: TrainMethod; r: number; targets: string[]; batch: number; maxLength: number; gradientCheckpointing: boolean; loraDropout: number },
+  o: {
+    method: TrainMethod; r: number; targets: string[]; batch: number; maxLength: number; gradientCheckpointing: boolean; loraDropout: number;
+    /** The hidden state needs a gradient from the first layer on (adapters inside every layer, the base frozen). */
+    gradThroughBase?: boolean;
+    /** lm: the chunked loss over the vocabulary; score: a value head (one output) on `scoreRows` gathered rows. */
+    head?: 'lm' | 'score';
+    scoreRows?: number;
+    /** A no-grad forward only (PPO's rollout): nothing is recorded, nothing freed before the end. */
+    forwardOnly?: boolean;
+  },
 ): SimResult {
   const sim = new StepSim();
+  return o.forwardOnly ? sim.noGrad(() => runSim(sim, c, o)) : runSim(sim, c, o);
+}
+
+function runSim(sim: StepSim, c: ModelConfig, o: Parameters<typeof simulateStep>[1]): SimResult {
   const N = o.batch * o.maxLength;
   const C = c.hidden, I = c.intermediate, H = c.heads, Hkv = c.kvHeads, D = c.headDim;
   const full = o.method === 'full';
@@ -690,6 +716,7 @@ export function simulateStep(
   const embed = p(embedName)!;
   let h = sim.embedding(N, embed, C);
   if (c.arch === 'gpt2') h = sim.add(h, sim.embedding(N, p('transformer.wpe.weight')!, C));
+  if (o.gradThroughBase && !o.forwardOnly) h.rg = true; // as if an adapter sat on the embedding output: every layer records its backward
   let perLayer = 0;
   for (let i = 0; i < c.layers; i++) {
     const layer = c.arch === 'gpt2' ? gpt2Layer(i) : llamaLayer(i);
@@ -698,10 +725,18 @@ export function simulateStep(
     if (i === Math.min(1, c.layers - 1)) perLayer = sim.alive - before; // layer 0 differs when the embedding is frozen
   }
   h = c.arch === 'gpt2' ? sim.layerNorm(h, p('transformer.ln_f.weight')!, p('transformer.ln_f.bias')!, C) : sim.rmsNorm(h, p('model.norm.weight')!, C);
-  const head = c.tieEmbeddings ? embed : p('lm_head.weight')!;
-  const { out: loss, scratch } = sim.linearCrossEntropy(sim.view(h), head, N, c.vocabSize);
+  let loss: STensor;
+  let scratch = 0;
+  if (o.head === 'score') {
+    // ppo.ts responseValues: gatherRows of the response positions, then the [1, C] score head.
+    const rows = o.scoreRows ?? N;
+    loss = sim.linear(sim.gatherRows(sim.view(h), rows, C), sim.param(C, !o.forwardOnly), null, C, 1);
+  } else {
+    const head = c.tieEmbeddings ? embed : p('lm_head.weight')!;
+    ({ out: loss, scratch } = sim.linearCrossEntropy(sim.view(h), head, N, c.vocabSize));
+  }
   const afterForward = sim.alive;
-  sim.backward(loss);
+  if (!o.forwardOnly) sim.backward(loss);
   return { perLayer: perLayer * 4, afterForward: afterForward * 4, lossScratch: scratch * 4, peak: sim.peak * 4 };
 }
 
@@ -730,9 +765,14 @@ export function estimateMemory(config: ModelConfig, o: MemoryOptions): MemoryEst
   }
   const doubleQuant = o.doubleQuant ?? true;
   const gradientCheckpointing = o.gradientCheckpointing ?? false;
-  const targets = method === 'full' ? [] : loraTargets(config, o.targets);
+  const bottleneck = o.bottleneck ?? null;
+  if (bottleneck && method === 'full') throw new UserError('bottleneck adapters train on a frozen base: use them with method lora (or qlora) here');
+  const targets = method === 'full' || bottleneck ? [] : loraTargets(config, o.targets);
 
   const tensors = paramInventory(config, method, r, targets, weightDtype, doubleQuant);
+  bottleneck?.forEach((numel, i) => {
+    tensors.push({ name: `adapter.${i}`, numel, kind: 'adapter', trainable: true, precision: 'fp32' });
+  });
   const rows = byPrecision(tensors, doubleQuant);
   const total = tensors.reduce((s, t) => s + t.numel, 0);
   const trainableTensors = tensors.filter((t) => t.trainable);
@@ -740,7 +780,7 @@ export function estimateMemory(config: ModelConfig, o: MemoryOptions): MemoryEst
   const weights = rows.reduce((s, row) => s + row.bytes, 0);
   const gradients = 4 * trainable;
   const optimizer = optimizerBytes(optim, trainableTensors.map((t) => t.numel));
-  const sim = simulateStep(config, { method, r, targets, batch, maxLength, gradientCheckpointing, loraDropout });
+  const sim = simulateStep(config, { method, r, targets, batch, maxLength, gradientCheckpointing, loraDropout, gradThroughBase: bottleneck !== null });
   const activations: ActivationBreakdown = {
     tokens: batch * maxLength,
     perLayer: sim.perLayer,
@@ -752,12 +792,13 @@ export function estimateMemory(config: ModelConfig, o: MemoryOptions): MemoryEst
   const notes: string[] = [];
   if (optimizer.pageable > 0) notes.push(`paged optimizer: ${formatMB(optimizer.pageable)} MB of state may be paged out and is not in the total`);
   if (method === 'qlora') notes.push('qlora: every Linear except lm_head is 4-bit NF4; embeddings and lm_head stay ' + weightDtype);
+  if (bottleneck) notes.push("bottleneck: activations are the frozen base's with gradients flowing through every layer; the adapters' own (a few per layer) are not counted");
   notes.push('activations assume every sequence is padded to max length');
   return {
     method,
     settings: {
-      r: method === 'full' ? null : r,
-      targets: method === 'full' ? null : (o.targets ?? targets.map((t) => t.split('.').pop()!).filter((t, i, a) => a.indexOf(t) === i)),
+      r: method === 'full' || bottleneck ? null : r,
+      targets: method === 'full' || bottleneck ? null : (o.targets ?? targets.map((t) => t.split('.').pop()!).filter((t, i, a) => a.indexOf(t) === i)),
       batch,
       maxLength,
       optim,
@@ -782,6 +823,115 @@ export function estimateMemory(config: ModelConfig, o: MemoryOptions): MemoryEst
     activations,
     runtime: NODE_RUNTIME_BYTES,
     total: weights + gradients + optimizer.resident + activations.peak + NODE_RUNTIME_BYTES,
+    notes,
+  };
+}
+
+export interface PpoMemoryOptions {
+  /** The policy's method: lora or qlora (ppo.ts refuses the others). */
+  method: 'lora' | 'qlora';
+  r?: number;
+  targets?: 'all-linear' | string[];
+  loraDropout?: number;
+  /** per_device_train_batch_size: rows of one update micro-batch. */
+  micro: number;
+  /** per_device_train_batch_size × gradient_accumulation_steps: rows of one rollout batch. */
+  rollout: number;
+  /** Row length: the longest prompt + response_length (ppo.ts pads every row to it). */
+  seqLength: number;
+  responseLength: number;
+  optim?: OptimName;
+  gradientCheckpointing?: boolean;
+  doubleQuant?: boolean;
+}
+
+export interface PpoMemoryEstimate {
+  /** The policy alone as estimateMemory gives it (weights, its LoRA states, one update micro-batch). */
+  policy: MemoryEstimate;
+  /** The reward model's frozen weights (base + score head) and again for the value model's copy. */
+  rewardWeights: number;
+  valueWeights: number;
+  /** The value model's trainable parameters: LoRA on its body (the run's lora settings) + the score head. */
+  valueTrainable: number;
+  weights: number;
+  gradients: number;
+  optimizer: OptimizerBytes;
+  activations: {
+    /** The largest of the four no-grad forwards over the rollout batch (policy, reference, value, reward). */
+    rollout: number;
+    /** One update micro-batch: the policy's and the value model's forward graphs are alive together in backward. */
+    update: number;
+    peak: number;
+  };
+  runtime: number;
+  total: number;
+  notes: string[];
+}
+
+/**
+ * trainer ppo (ppo.ts): the policy (the run's model with LoRA / QLoRA; the reference is the same weights with
+ * the adapters off), the reward model and a second copy of it as the value model (frozen body + LoRA + score
+ * head, trained), the optimizer over the policy's and the value model's trainable tensors, and the larger of
+ * the rollout's and an update's activations.
+ */
+export function estimatePpoMemory(policyConfig: ModelConfig, rewardConfig: ModelConfig, o: PpoMemoryOptions): PpoMemoryEstimate {
+  const micro = positiveInt(o.micro, 'batch');
+  const rollout = positiveInt(o.rollout, 'rollout batch');
+  const T = positiveInt(o.seqLength, 'sequence length');
+  const R = positiveInt(o.responseLength, 'response length');
+  const r = positiveInt(o.r ?? 8, 'r');
+  const optim = o.optim ?? (o.method === 'qlora' ? 'paged_adamw_32bit' : 'adamw_torch');
+  const gradientCheckpointing = o.gradientCheckpointing ?? false;
+  const loraDropout = o.loraDropout ?? 0;
+  const policy = estimateMemory(policyConfig, { method: o.method, r, targets: o.targets, loraDropout, batch: micro, maxLength: T, optim, gradientCheckpointing, doubleQuant: o.doubleQuant });
+  // The reward and value models load as stored (dtype auto), never 4-bit; the value model gets the run's LoRA.
+  const rm = estimateMemory(rewardConfig, { method: 'lora', r, targets: o.targets, batch: micro, maxLength: T, optim });
+  const loraBytes = rm.params.trainable * 4;
+  const score = rewardConfig.hidden; // score.weight [1, hidden], f32
+  const rewardWeights = rm.weights - loraBytes + 4 * score;
+  const valueTrainable = rm.params.trainable + score;
+  const valueWeights = rewardWeights + loraBytes; // the same base and head, plus its LoRA tensors
+  const weights = policy.weights + rewardWeights + valueWeights;
+  const gradients = policy.gradients + 4 * valueTrainable;
+  const valueNumels: number[] = [];
+  for (const path of loraTargets(rewardConfig, o.targets)) {
+    const l = linearsOf(rewardConfig).find((x) => x.path === path)!;
+    valueNumels.push(r * l.inF, l.outF * r);
+  }
+  valueNumels.push(score);
+  const policyNumels = paramInventory(policyConfig, o.method, r, loraTargets(policyConfig, o.targets), policy.settings.weightDtype, o.doubleQuant ?? true)
+    .filter((t) => t.trainable)
+    .map((t) => t.numel);
+  const optimizer = optimizerBytes(optim, [...policyNumels, ...valueNumels]);
+  const base = { r, targets: loraTargets(policyConfig, o.targets), gradientCheckpointing: false, loraDropout, forwardOnly: true } as const;
+  const rolloutPeak = Math.max(
+    simulateStep(policyConfig, { ...base, method: o.method, batch: rollout, maxLength: T }).peak, // policy and reference log-probabilities
+    simulateStep(rewardConfig, { ...base, targets: loraTargets(rewardConfig, o.targets), method: 'lora', batch: rollout, maxLength: T, head: 'score', scoreRows: rollout * R }).peak, // values
+    simulateStep(rewardConfig, { ...base, targets: [], method: 'lora', batch: rollout, maxLength: T, head: 'score', scoreRows: rollout }).peak, // scores
+  );
+  const valueStep = simulateStep(rewardConfig, {
+    method: 'lora', r, targets: loraTargets(rewardConfig, o.targets), batch: micro, maxLength: T, gradientCheckpointing, loraDropout: 0, head: 'score', scoreRows: micro * R,
+  });
+  // ppo.ts: both forwards, then one backward; the value model's graph (recorded last) is released first.
+  const update = (policy.activations?.afterForward ?? 0) + valueStep.peak;
+  const peak = Math.max(rolloutPeak, update, policy.activations?.peak ?? 0);
+  const notes = [
+    'ppo: policy + reward model + value model (a second copy of the reward model with LoRA and its score head trained); the reference is the policy with its adapters off (no copy)',
+    'ppo: not counted: the KV cache of sampling (one prompt at a time) and the rollout buffers (a few floats per response token); the reward model is counted as its full architecture (a headless reward folder has no lm_head: an overcount)',
+    "ppo: the value model's LoRA is counted with the run's lora settings (a SEQ_CLS reward adapter brings its own r and targets)",
+  ];
+  if (optimizer.pageable > 0) notes.push(`paged optimizer: ${formatMB(optimizer.pageable)} MB of state may be paged out and is not in the total`);
+  return {
+    policy,
+    rewardWeights,
+    valueWeights,
+    valueTrainable,
+    weights,
+    gradients,
+    optimizer,
+    activations: { rollout: rolloutPeak, update, peak },
+    runtime: NODE_RUNTIME_BYTES,
+    total: weights + gradients + optimizer.resident + peak + NODE_RUNTIME_BYTES,
     notes,
   };
 }
@@ -882,7 +1032,7 @@ export function formatMemoryTable(e: MemoryEstimate): string {
   const s = e.settings;
   const title = e.model
     ? `${e.model.modelType} (${e.model.layers} layers, hidden ${e.model.hidden}), ${e.method}` +
-      (e.method === 'full' ? '' : `, r=${s.r}`) +
+      (s.r === null ? '' : `, r=${s.r}`) +
       `, batch ${s.batch} x ${s.maxLength} tokens, ${s.optim}${s.gradientCheckpointing ? ', gradient checkpointing' : ''}`
     : `${formatCount(e.params.total)} parameters, ${e.method}, ${s.optim}`;
   const out = [title, line(header), ...all.slice(1).map(line)];

@@ -255,7 +255,9 @@ export async function runPpo(c: PpoConfig, hooks: RunHooks = {}): Promise<SftRes
   info(`reward model and value model from ${c.reward_model_path}`);
   const reward = (await loadRewardModelFrom(c.reward_model_path, padId)).rm;
   const value = await loadRewardModelFrom(c.reward_model_path, padId, { train: { lora: c.lora, seed: c.seed + 3 } });
-  const { trainable: policyTrainable, adapter, io: policyIo, trainableParams, totalParams } = prepareMethod(loaded, c, micro, info);
+  // Rows are padded to the longest prompt of their batch + response_length: the longest prompt bounds them.
+  const ppoShape = { rewardConfig: reward.lm.config, rollout: localBs, seqLength: prompts.reduce((m, p) => Math.max(m, p.length), 0) + c.response_length, responseLength: c.response_length };
+  const { trainable: policyTrainable, adapter, io: policyIo, trainableParams, totalParams } = prepareMethod(loaded, c, micro, info, [], ppoShape);
   // The value model's parameters share the policy's names (the same LoRA targets): prefix them, as the optimizer
   // keys its state by parameter name.
   for (const [n, p] of value.trainable) p.name = `value_model.${n}`;
@@ -327,14 +329,13 @@ export async function runPpo(c: PpoConfig, hooks: RunHooks = {}): Promise<SftRes
       const rows = buildRows(qs, responses, R, padId);
       const B = rows.batch.B;
       tokens += B * rows.batch.T;
-      const { logprobs, refLogprobs, values, scores } = noGrad(() =>
-        scope(() => ({
-          logprobs: Float64Array.from(responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f),
-          refLogprobs: Float64Array.from(withAdaptersOff(policy, () => responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f)),
-          values: Float64Array.from(responseValues(value.rm, value.rm.lm.forwardHidden(rows.batch), rows, R).f),
-          scores: Float64Array.from(reward.rewards(rows.batch).f),
-        })),
-      );
+      // Each forward in its own scope: its activations are freed before the next one runs.
+      const { logprobs, refLogprobs, values, scores } = noGrad(() => ({
+        logprobs: scope(() => Float64Array.from(responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f)),
+        refLogprobs: scope(() => Float64Array.from(withAdaptersOff(policy, () => responseLogProbs(policy, policy.forwardHidden(rows.batch), rows, R, c.temperature).f))),
+        values: scope(() => Float64Array.from(responseValues(value.rm, value.rm.lm.forwardHidden(rows.batch), rows, R).f)),
+        scores: scope(() => Float64Array.from(reward.rewards(rows.batch).f)),
+      }));
       let eosTokens = 0;
       for (let b = 0; b < B; b++) {
         const resp = rows.responses.subarray(b * R, (b + 1) * R);

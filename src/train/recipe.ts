@@ -32,7 +32,7 @@ import { parameter } from '../tensor/autograd.js';
 import { Rng } from '../tensor/rng.js';
 import type { Tensor } from '../tensor/tensor.js';
 import { type CheckpointIO, latestCheckpoint } from './checkpoint.js';
-import { estimateMemory, formatMB, type MemoryOptions } from './memory-estimate.js';
+import { estimateMemory, estimatePpoMemory, formatMB, type MemoryOptions } from './memory-estimate.js';
 import type { TrainResult } from './trainer.js';
 
 
@@ -262,12 +262,24 @@ export interface PreparedMethod {
   totalParams: number;
 }
 
+/** What trainer ppo adds to the memory estimate: its other models and its batch shapes. */
+export interface PpoMemoryShape {
+  /** The reward model's architecture (the value model is a second copy of it). */
+  rewardConfig: ReturnType<typeof readModelConfig>;
+  /** Rows of one rollout batch (per_device_train_batch_size × gradient_accumulation_steps). */
+  rollout: number;
+  /** Row length: the longest prompt + response_length. */
+  seqLength: number;
+  responseLength: number;
+}
+
 /**
  * Applies the method (LoRA, full, ...) to the loaded model and prints its parameter counts and the memory
- * the run should need, before it starts (the same arithmetic as `ajuste memory`) for `rows` rows a micro-batch.
+ * the run should need, before it starts (the same arithmetic as `ajuste memory`) for `rows` rows a micro-batch
+ * of max_length tokens (for trainer ppo, `ppo` gives the rows' length and the reward and value models).
  */
-export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: (m: string) => void, heads: readonly string[] = []): PreparedMethod {
-  const { model, modelConfig, tok, load4bit } = m;
+export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: (m: string) => void, heads: readonly string[] = [], ppo: PpoMemoryShape | null = null): PreparedMethod {
+  const { model, tok } = m;
   const method = c.method;
   const dropoutRng = new Rng(c.seed + 1);
   const lora = loraConfig(c.lora ?? {});
@@ -275,24 +287,11 @@ export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: 
   const totalParams = logicalParameterCount(model);
   const trainableParams = trainable.reduce((s, [, p]) => s + p.size, 0);
   info(`trainable params: ${trainableParams.toLocaleString('en-US')} || all params: ${totalParams.toLocaleString('en-US')} || trainable%: ${((100 * trainableParams) / totalParams).toFixed(4)}`);
-  if (method === 'full' || method === 'lora' || method === 'qlora') {
-    try {
-      const lc = method === 'full' ? null : lora;
-      const est = estimateMemory(modelConfig, {
-        method,
-        r: lc?.r,
-        targets: lc ? (lc.target_modules === 'all-linear' ? 'all-linear' : Array.isArray(lc.target_modules) ? lc.target_modules : undefined) : undefined,
-        loraDropout: lc?.lora_dropout,
-        batch: rows,
-        maxLength: c.max_length,
-        optim: c.optim as MemoryOptions['optim'],
-        gradientCheckpointing: c.gradient_checkpointing ?? false,
-        doubleQuant: load4bit?.doubleQuant,
-      });
-      info(`memory estimate: ${formatMB(est.total)} MB (weights ${formatMB(est.weights)}, gradients ${formatMB(est.gradients)}, optimizer ${formatMB(est.optimizer.resident)}, activations ${formatMB(est.activations?.peak ?? 0)} MB at batch ${rows} x ${c.max_length})`);
-    } catch (e) {
-      info(`memory estimate unavailable: ${(e as Error).message}`);
-    }
+  try {
+    const line = memoryEstimateLine(m, c, method, lora, rows, trainable, ppo);
+    if (line) info(line);
+  } catch (e) {
+    info(`memory estimate unavailable: ${(e as Error).message}`);
   }
   const io: CheckpointIO = {
     save: (d) => (adapter ? adapter.save(d) : saveTrainableWeights(d, trainable)),
@@ -301,6 +300,41 @@ export function prepareMethod(m: LoadedModel, c: SftConfig, rows: number, info: 
     restore: (s) => s.dropout_rng && dropoutRng.setState(s.dropout_rng as number[]),
   };
   return { trainable, adapter, io, trainableParams, totalParams };
+}
+
+/**
+ * The line prepareMethod prints: the estimate of the whole run (estimateMemory; estimatePpoMemory for trainer
+ * ppo), or null for the methods it does not model (ia3, prompt/prefix tuning, ln_tuning, bitfit).
+ */
+export function memoryEstimateLine(m: LoadedModel, c: SftConfig, method: string, lora: LoraConfig, rows: number, trainable: [string, Tensor][], ppo: PpoMemoryShape | null): string | null {
+  const { modelConfig, load4bit } = m;
+  const targets = lora.target_modules === 'all-linear' ? 'all-linear' : Array.isArray(lora.target_modules) ? lora.target_modules : undefined;
+  const optim = c.optim as MemoryOptions['optim'];
+  const gradientCheckpointing = c.gradient_checkpointing ?? false;
+  if (ppo) {
+    if (method !== 'lora' && method !== 'qlora') return null;
+    const e = estimatePpoMemory(modelConfig, ppo.rewardConfig, {
+      method, r: lora.r, targets, loraDropout: lora.lora_dropout, micro: rows, rollout: ppo.rollout, seqLength: ppo.seqLength, responseLength: ppo.responseLength,
+      optim, gradientCheckpointing, doubleQuant: load4bit?.doubleQuant,
+    });
+    return (
+      `memory estimate (ppo: policy + reward model + value model): ${formatMB(e.total)} MB (weights ${formatMB(e.weights)} = policy ${formatMB(e.policy.weights)} + reward ${formatMB(e.rewardWeights)} + value ${formatMB(e.valueWeights)}, ` +
+      `gradients ${formatMB(e.gradients)}, optimizer ${formatMB(e.optimizer.resident)} (policy LoRA + value LoRA and score head), ` +
+      `activations ${formatMB(e.activations.peak)} MB: rollout ${formatMB(e.activations.rollout)} at ${ppo.rollout} x ${ppo.seqLength}, update ${formatMB(e.activations.update)} at ${rows} x ${ppo.seqLength}; ` +
+      'not counted: the sampling KV cache and rollout buffers)'
+    );
+  }
+  let o: MemoryOptions;
+  let label = '';
+  if (method === 'full' || method === 'lora' || method === 'qlora') {
+    const lc = method === 'full' ? null : lora;
+    o = { method, r: lc?.r, targets: lc ? targets : undefined, loraDropout: lc?.lora_dropout };
+  } else if (method === 'bottleneck') {
+    o = { method: load4bit ? 'qlora' : 'lora', bottleneck: trainable.map(([, p]) => p.size) };
+    label = " (bottleneck: adapter activations not counted)";
+  } else return null;
+  const est = estimateMemory(modelConfig, { ...o, batch: rows, maxLength: c.max_length, optim, gradientCheckpointing, doubleQuant: load4bit?.doubleQuant });
+  return `memory estimate${label}: ${formatMB(est.total)} MB (weights ${formatMB(est.weights)}, gradients ${formatMB(est.gradients)}, optimizer ${formatMB(est.optimizer.resident)}, activations ${formatMB(est.activations?.peak ?? 0)} MB at batch ${rows} x ${c.max_length})`;
 }
 
 /** The checkpoint to resume from (resume_from_checkpoint true: the newest in output_dir), or null. */
