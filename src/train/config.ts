@@ -168,6 +168,7 @@ export const TrainConfigObject = z.strictObject({
   assistant_only_loss: z.boolean().default(false).describe('loss on assistant turns only for messages records'),
   skip_bad_records: z.boolean().default(false).describe('skip malformed records (reported) instead of stopping at the first'),
   max_train_samples: z.int().min(1).nullable().default(null).describe('use only the first N training records'),
+  cache_tokenized: z.boolean().default(true).describe('ajuste extension: save the tokenized data in output_dir/tokenized.safetensors (8 bytes a token) so a resumed or repeated run skips tokenizing; it is used only for the same data files, tokenizer and options'),
   // training
   output_dir: z.string().min(1).describe('where checkpoints, metrics.jsonl and the final adapter or model go'),
   overwrite_output_dir: z.boolean().default(false).describe('allow writing into an output_dir that already holds a finished run'),

@@ -58,6 +58,8 @@ export interface SftConfig {
   assistant_only_loss?: boolean;
   skip_bad_records?: boolean;
   max_train_samples?: number | null;
+  /** Save / reuse output_dir/tokenized.safetensors (SFT; default true). */
+  cache_tokenized?: boolean;
   output_dir: string;
   num_train_epochs: number;
   max_steps: number;
