@@ -4,9 +4,10 @@
  * as its concatenated ids and labels (I32), the examples' lengths (I32) and truncation flags (U8); reading it
  * back gives subarray views of one buffer, so the examples take no more memory than tokenizing them did.
  *
- * The file is used only when its fingerprint matches: a hash of everything the tokens depend on (the data
- * files' paths, sizes and modification times, the tokenizer files' bytes, and the options), so editing the
- * data, the tokenizer or max_length re-tokenizes. Written atomically; an unreadable file is ignored.
+ * The file is used only when its fingerprint matches: a hash of everything the tokens depend on (ajuste's
+ * version, the data files' paths, sizes and modification times, the tokenizer files' bytes, and the options), so
+ * editing the data, the tokenizer or max_length, or upgrading ajuste, re-tokenizes. Written atomically; an
+ * unreadable file is ignored.
  */
 import { createHash } from 'node:crypto';
 import { existsSync, readFileSync, statSync } from 'node:fs';
@@ -20,12 +21,17 @@ export interface TokenizedSplit {
   dropped: number;
 }
 
+/** ajuste's version (src/data/ and dist/data/ are both two levels below package.json). */
+export function ajusteVersion(): string {
+  return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version;
+}
+
 const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'chat_template.jinja', 'chat_template.json'];
 
 /** The fingerprint of a tokenization: data files (path, size, mtime), tokenizer files (bytes) and options. */
 export function tokenizationFingerprint(dataFiles: (string | null | undefined)[], tokenizerDir: string, options: Record<string, unknown>): string {
   const h = createHash('sha256');
-  h.update('ajuste-tokenized-v1\n');
+  h.update(`ajuste-tokenized-v1 ${ajusteVersion()}\n`);
   for (const f of dataFiles) {
     if (!f) {
       h.update('-\n');

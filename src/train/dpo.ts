@@ -17,6 +17,7 @@ import { join } from 'node:path';
 import { type TokenizedPreference, tokenizePreference } from '../data/dataset.js';
 import { readSafetensors, writeSafetensors } from '../io/safetensors.js';
 import { PairLoader, type PairBatch } from '../data/pairs.js';
+import { ajusteVersion } from '../data/token-cache.js';
 import { type DataRecord, type PreferenceRecord, readRecords } from '../data/records.js';
 import type { Tokenizer } from '../data/tokenizer.js';
 import { UserError } from '../errors.js';
@@ -121,7 +122,7 @@ function tokenizePairs(records: PreferenceRecord[], tok: Tokenizer, maxLength: n
 /** What the reference values depend on: the model (folder, method's base dtype), the scored tokens. */
 function referenceFingerprint(modelDir: string, c: DpoConfig, train: readonly TokenizedPreference[], evalPairs: readonly TokenizedPreference[]): string {
   const h = createHash('sha256');
-  h.update(JSON.stringify({ modelDir, method: c.method, torch_dtype: c.torch_dtype, load_in_4bit: c.load_in_4bit, quant: c.bnb_4bit_quant_type, dq: c.bnb_4bit_use_double_quant, max_length: c.max_length }));
+  h.update(JSON.stringify({ ajuste: ajusteVersion(), modelDir, method: c.method, torch_dtype: c.torch_dtype, load_in_4bit: c.load_in_4bit, quant: c.bnb_4bit_quant_type, dq: c.bnb_4bit_use_double_quant, max_length: c.max_length }));
   for (const set of [train, evalPairs]) {
     h.update(`|${set.length}|`);
     for (const p of set) for (const e of [p.chosen, p.rejected]) {
