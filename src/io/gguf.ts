@@ -24,10 +24,11 @@
  * Q8_0 (blocks of 32 values: f16 scale d = max|x| / 127, then 32 int8 q = round(x / d), halves away from zero)
  * is computed bit for bit as gguf-py's `quants.quantize` (test/fixtures/gguf/q8_0.json is its output).
  */
-import { closeSync, fstatSync, openSync, readSync } from 'node:fs';
+import { closeSync, fstatSync, readSync } from 'node:fs';
 import { UserError } from '../errors.js';
 import { writeFileAtomicWith } from './atomic.js';
 import { bf16ToF32, f16ToF32, f32ToBf16, f32ToF16 } from './dtypes.js';
+import { openFile } from './safetensors.js';
 
 export const GGUF_MAGIC = 'GGUF';
 export const GGUF_VERSION = 3;
@@ -703,16 +704,6 @@ function parse(src: ByteSource, file: string): GgufFile {
 /** Parses a whole GGUF file held in memory; `file` names it in errors. */
 export function parseGguf(bytes: Uint8Array, file = '<buffer>'): GgufFile {
   return parse(bufferSource(bytes), file);
-}
-
-function openFile(path: string): number {
-  try {
-    return openSync(path, 'r');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if (code === 'ENOENT') throw new UserError(`${path}: no such file`, 'check the path');
-    throw new UserError(`${path}: cannot open: ${(e as Error).message}`);
-  }
 }
 
 /** Reads and checks the header of a GGUF file (metadata and tensor infos); tensor data stays on disk. */

@@ -229,7 +229,8 @@ export function parseSafetensors(bytes: Uint8Array, file = '<buffer>'): Safetens
   return { path: file, tensors: tensorsOf(bytes, h), metadata: h.metadata, mapped: false, headerLength: h.headerLength };
 }
 
-function openFile(path: string): number {
+/** Opens a file for reading; a missing or unreadable file is a UserError naming it (also used by gguf.ts). */
+export function openFile(path: string): number {
   try {
     return openSync(path, 'r');
   } catch (e) {

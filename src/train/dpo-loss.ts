@@ -36,7 +36,8 @@ export interface DpoMetricSums {
 
 /** log σ(x), stable for large |x|. */
 export const logSigmoid = (x: number): number => (x >= 0 ? -Math.log1p(Math.exp(-x)) : x - Math.log1p(Math.exp(x)));
-const sigmoid = (x: number): number => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
+/** σ(x), stable for large |x|. */
+export const sigmoid = (x: number): number => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
 
 /** Loss of one pair at x = βΔ (Δ for ipo), and its derivative with respect to Δ. */
 function pairLoss(delta: number, o: DpoOptions): [number, number] {

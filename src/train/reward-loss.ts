@@ -12,7 +12,7 @@
  */
 import { addGradOwned, needsGrad, record } from '../tensor/autograd.js';
 import { floatLike, Tensor } from '../tensor/tensor.js';
-import { logSigmoid } from './dpo-loss.js';
+import { logSigmoid, sigmoid } from './dpo-loss.js';
 
 export interface RewardLossOptions {
   /** [P] margins of the pairs (the data's `margin` column), or null for none. */
@@ -28,8 +28,6 @@ export interface RewardMetricSums {
   'rewards/chosen': number;
   'rewards/rejected': number;
 }
-
-const sigmoid = (x: number): number => (x >= 0 ? 1 / (1 + Math.exp(-x)) : Math.exp(x) / (1 + Math.exp(x)));
 
 /** rewards: [2P], chosen then rejected. Returns the loss summed over the P pairs and the metric sums. */
 export function rewardLoss(rewards: Tensor, o: RewardLossOptions = {}): { loss: Tensor; metrics: RewardMetricSums } {
